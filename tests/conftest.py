@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random-init models (fast) and the embedded models (session-scoped, loaded once)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from workbench.testing import tiny_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ARCHS = ["llama", "gpt2", "gpt_neox", "qwen2", "gemma2", "phi"]
+TEXTS = ["the movie was great", "a sad and slow film", "hello world", "is this sentence positive or negative"]
+
+
+@pytest.fixture(params=ARCHS)
+def tiny_lm(request):
+    return tiny_model(request.param, texts=TEXTS)
+
+
+@pytest.fixture(scope="session")
+def llama_lm():
+    return tiny_model("llama", texts=TEXTS)
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    import workbench as wb
+
+    return wb.load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    import workbench as wb
+
+    return wb.load_encoder("minilm-l6")

@@ -1,0 +1,70 @@
+"""The one interface every approach (prompting baselines, vector baselines, LoRA, ATV) implements.
+
+`wb.evaluate` and the notebooks only talk to this interface:
+
+1. ``method.fit(lm, train_tasks)`` once (a no-op for prompt methods);
+2. per batch of test items, ``method.prepare(lm, task, items, texts)`` returns a :class:`PreparedBatch`:
+   the final strings the large model reads, an optional intervention applied during the forward pass, and
+   optional per-row info (e.g. dropped demonstrations, which task ELICIT retrieved);
+3. everything runs inside ``with method.active(lm):`` (LoRA attaches its adapter there).
+
+``texts`` are the templated questions with their answer prefix (``template.format(input=...) + "\\n" + prefix``),
+before any chat template; ``lm.render(text)`` turns one into what the model reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
+
+
+class Intervention(Protocol):
+    """Something that edits activations inside an nnsight trace of ``lm``.
+
+    ``apply`` is called inside ``lm.nn.trace(...)`` for the rows ``rows`` of the prepared batch, with the
+    left-padded ``attention_mask`` [b, T] of that sub-batch. It must touch modules in forward order.
+    """
+
+    def apply(self, lm: "LanguageModel", rows: slice, attention_mask: Any) -> None: ...
+
+    def describe(self) -> dict: ...
+
+
+@dataclass
+class PreparedBatch:
+    """What a method hands to the evaluator for one batch of items."""
+
+    prompts: list[str]
+    intervention: Intervention | None = None
+    info: list[dict] = field(default_factory=list)
+
+
+class Method:
+    """Base class: zero-shot behaviour; subclasses override what they change."""
+
+    name: str = "method"
+
+    def fit(self, lm: "LanguageModel", train_tasks: Sequence[Any]) -> "Method":
+        """Learn whatever the method needs from the train splits (no-op by default)."""
+        return self
+
+    def prepare(self, lm: "LanguageModel", task: Any, items: Sequence[Any], texts: Sequence[str]) -> PreparedBatch:
+        """Build the batch the large model reads for these test items (default: the plain rendered prompts)."""
+        return PreparedBatch(prompts=[lm.render(t) for t in texts])
+
+    @contextlib.contextmanager
+    def active(self, lm: "LanguageModel") -> Iterator[None]:
+        """Context in which the method's forward passes run (LoRA attaches its adapter here)."""
+        yield
+
+    def config(self) -> dict:
+        """Every setting needed to reproduce this method; recorded next to results."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
