@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lm = wb.load_model(args.model, chat=False)
-    prompts = [(SENTENCE * 8)[: 560 + 7 * i] + "\nA:" for i in range(args.batch)]
+    prompts = [(SENTENCE * 10)[: 700 + 7 * i] + "\nA:" for i in range(args.batch)]
     enc = encode(lm, prompts)
     T = enc["input_ids"].shape[1]
     vectors = torch.randn(lm.num_layers, lm.hidden_size)

@@ -3,7 +3,7 @@
 `wb.evaluate` and the notebooks only talk to this interface:
 
 1. ``method.fit(lm, train_tasks)`` once (a no-op for prompt methods);
-2. per batch of test items, ``method.prepare(lm, task, items, texts)`` returns a :class:`PreparedBatch`:
+2. per batch of test items, ``method.prepare(lm, task, items, texts, seed)`` returns a :class:`PreparedBatch`:
    the final strings the large model reads, an optional intervention applied during the forward pass, and
    optional per-row info (e.g. dropped demonstrations, which task ELICIT retrieved);
 3. everything runs inside ``with method.active(lm):`` (LoRA attaches its adapter there).
@@ -52,8 +52,13 @@ class Method:
         """Learn whatever the method needs from the train splits (no-op by default)."""
         return self
 
-    def prepare(self, lm: "LanguageModel", task: Any, items: Sequence[Any], texts: Sequence[str]) -> PreparedBatch:
-        """Build the batch the large model reads for these test items (default: the plain rendered prompts)."""
+    def prepare(
+        self, lm: "LanguageModel", task: Any, items: Sequence[Any], texts: Sequence[str], seed: int = 42
+    ) -> PreparedBatch:
+        """Build the batch the large model reads for these test items (default: the plain rendered prompts).
+
+        ``seed`` is the evaluation seed (methods that sample, e.g. few-shot demonstrations, derive their RNG from it).
+        """
         return PreparedBatch(prompts=[lm.render(t) for t in texts])
 
     @contextlib.contextmanager
