@@ -11,6 +11,7 @@ from workbench.testing import tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("ATV_PNG", "0")  # PNG export starts a browser per figure; notebooks in tests write HTML only
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 ARCHS = ["llama", "gpt2", "gpt_neox", "qwen2", "gemma2", "phi"]

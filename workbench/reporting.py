@@ -27,7 +27,7 @@ from typing import IO, Any
 
 __all__ = [
     "DEFAULT_PACKAGES", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "find_browser",
-    "new_run_dir", "package_versions", "save_figure", "save_table",
+    "new_run_dir", "package_versions", "save_figure", "save_table", "setup_notebook",
 ]
 
 #: Distributions reported by :func:`package_versions` by default (plus ``python`` and ``platform``).
@@ -163,12 +163,13 @@ def _warn_png(reason: str) -> None:
 
 
 def save_figure(
-    fig: Any, run_dir: str | os.PathLike, name: str, *, png: bool = True,
+    fig: Any, run_dir: str | os.PathLike, name: str, *, png: bool | None = None,
     width: int | None = None, height: int | None = None, scale: float = 2.0,
 ) -> dict[str, Path]:
     """Save a plotly figure as ``run_dir/name.html`` (self-contained: plotly.js embedded, works offline) and
     ``run_dir/name.png`` (via kaleido; skipped with one warning if no browser is found or export fails).
 
+    ``png=None`` follows ``$ATV_PNG`` (``0`` turns PNG export off, e.g. in tests: each PNG starts a browser, ~5 s).
     Returns ``{"html": path}`` plus ``"png": path`` when the PNG was written.
     """
     import plotly.io as pio
@@ -177,6 +178,8 @@ def save_figure(
     run_dir = Path(run_dir)
     out = {"html": atomic_write_text(run_dir / f"{name}.html",
                                      pio.to_html(fig, include_plotlyjs=True, full_html=True))}
+    if png is None:
+        png = os.environ.get("ATV_PNG", "1") != "0"
     if not png:
         return out
     if find_browser() is None:
@@ -223,3 +226,10 @@ def new_run_dir(root: str | os.PathLike = "runs", prefix: str = "",
             continue
         return path
     raise FileExistsError(f"could not create a new run directory under {root!r} for {base!r}")
+
+
+def setup_notebook(renderer: str = "plotly_mimetype+notebook") -> None:
+    """Plotly renderer for the notebooks: interactive in JupyterLab and embedded (offline) in HTML exports."""
+    import plotly.io as pio
+
+    pio.renderers.default = renderer

@@ -1,0 +1,140 @@
+"""Static task vectors (paper §3.1, Hendel et al.): one vector per task from k-shot demonstration prompts.
+
+``v_task[l]`` is the last-token output of block l on a k-shot prompt, averaged over `n_prompts` prompts (demos from
+the task's train split, queries from its valid split). At test time it is injected at the last prompt token:
+
+* ``mode="add"``: ``h_l <- h_l + scale * v_l`` (paper eq. 5) at `layers`, through :class:`~workbench.Injection`;
+* ``mode="replace"``: ``h_l <- v_l`` at `layers` (Hendel et al. patch one layer), a :class:`Replacement`.
+
+Unseen tasks (not among the fitted ones): ``unseen="own"`` (default, what the paper's static baseline does) builds
+the vector from the unseen task's own train demonstrations at first use; ``unseen="retrieve"`` uses the vector of
+the in-domain task whose prompts' queries are most similar (MiniLM cosine, :mod:`workbench.retrieval`) to the batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..injection import Injection, LayerSpec, check_scale, resolve_layers
+from ..retrieval import QueryIndex
+from .base import Method, PreparedBatch
+from .demos import DemoPrompt, demo_prompts, mean_norms, prompt_states
+
+if TYPE_CHECKING:
+    from ..models import LanguageModel
+
+MODES = ("add", "replace")
+UNSEEN = ("own", "retrieve")
+
+
+class Replacement:
+    """``h_l <- v_l`` at the last prompt token of the blocks in `layers` (an :class:`Intervention`)."""
+
+    def __init__(self, vectors: torch.Tensor, layers: LayerSpec = "all"):
+        if vectors.dim() != 2:
+            raise ValueError(f"vectors must be [L, d], got {tuple(vectors.shape)}")
+        self.vectors = vectors
+        self.layers = layers
+
+    def check(self, lm: LanguageModel, n_prompts: int) -> list[int]:
+        if tuple(self.vectors.shape) != (lm.num_layers, lm.hidden_size):
+            raise ValueError(f"vectors {tuple(self.vectors.shape)} do not match [L, d] = [{lm.num_layers}, {lm.hidden_size}]")
+        return resolve_layers(self.layers, lm.num_layers)
+
+    def apply(self, lm: LanguageModel, rows: slice, attention_mask: torch.Tensor) -> None:
+        v = self.vectors.to(device=lm.device, dtype=lm.dtype)
+        mask = torch.zeros(attention_mask.shape, dtype=lm.dtype, device=lm.device)
+        mask[:, -1] = 1
+        mask = mask.unsqueeze(-1)
+        for layer in resolve_layers(self.layers, lm.num_layers):
+            block = lm.nn_layer(layer)
+            out = block.output
+            block.output = out + mask * (v[layer] - out)
+
+    def describe(self) -> dict:
+        return {"kind": "replace", "layers": self.layers if isinstance(self.layers, str) else list(self.layers),
+                "positions": "last", "vectors_shape": list(self.vectors.shape)}
+
+
+class StaticTaskVector(Method):
+    """Mean last-token states of k-shot prompts per task, injected at the last token (see the module docstring)."""
+
+    name = "static_tv"
+
+    def __init__(
+        self,
+        k: int = 16,
+        n_prompts: int = 10,
+        layers: LayerSpec = "all",
+        scale: float = 1.0,
+        mode: str = "add",
+        unseen: str = "own",
+        template: int = 0,
+        seed: int = 42,
+        batch_size: int = 4,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+        if unseen not in UNSEEN:
+            raise ValueError(f"unknown unseen policy {unseen!r}; use one of {UNSEEN}")
+        self.k, self.n_prompts, self.layers, self.scale = k, n_prompts, layers, check_scale(scale)
+        self.mode, self.unseen, self.template, self.seed, self.batch_size = mode, unseen, template, seed, batch_size
+        self.vectors: dict[str, torch.Tensor] = {}
+        self.prompts: dict[str, list[DemoPrompt]] = {}
+        self.fitted: list[str] = []
+        self._index: QueryIndex | None = None
+
+    # ------------------------------------------------------------------ vectors
+    def task_vector(self, lm: LanguageModel, task: Any) -> torch.Tensor:
+        """Compute (and cache) ``[L, d]`` for `task` from its own demonstrations."""
+        if task.name not in self.vectors:
+            prompts = demo_prompts(lm, task, self.k, self.n_prompts, self.seed, template=self.template)
+            self.prompts[task.name] = prompts
+            self.vectors[task.name] = prompt_states(lm, prompts, self.batch_size).mean(0)
+        return self.vectors[task.name]
+
+    def fit(self, lm: LanguageModel, train_tasks: Sequence[Any]) -> StaticTaskVector:
+        resolve_layers(self.layers, lm.num_layers)
+        for task in train_tasks:
+            self.task_vector(lm, task)
+        self.fitted = [t.name for t in train_tasks]
+        self._index = None
+        return self
+
+    def norms(self) -> dict[str, torch.Tensor]:
+        """Per-layer ℓ2 norm ``[L]`` of each task's vector."""
+        return mean_norms(self.vectors)
+
+    def _retrieved(self, texts: Sequence[str]) -> tuple[str, float]:
+        if not self.fitted:
+            raise RuntimeError("StaticTaskVector(unseen='retrieve') needs fit() on in-domain tasks first")
+        if self._index is None:
+            keys = [name for name in self.fitted for _ in self.prompts[name]]
+            self._index = QueryIndex(keys, [p.query_text for name in self.fitted for p in self.prompts[name]])
+        votes = self._index.nearest_keys(texts)
+        name = Counter(k for k, _ in votes).most_common(1)[0][0]
+        return str(name), max(s for k, s in votes if k == name)
+
+    # ------------------------------------------------------------------ Method
+    def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str], seed: int = 42) -> PreparedBatch:
+        source, sim = task.name, None
+        if task.name in self.fitted or self.unseen == "own":
+            vector = self.task_vector(lm, task)
+        else:
+            source, sim = self._retrieved(texts)
+            vector = self.vectors[source]
+        if self.mode == "add":
+            intervention: Any = Injection(vector, scale=self.scale, layers=self.layers, positions="last")
+        else:
+            intervention = Replacement(vector, layers=self.layers)
+        info = [{"vector_task": source, "similarity": sim} for _ in texts]
+        return PreparedBatch(prompts=[lm.render(t) for t in texts], intervention=intervention, info=info)
+
+    def config(self) -> dict:
+        return {"name": self.name, "k": self.k, "n_prompts": self.n_prompts, "scale": self.scale, "mode": self.mode,
+                "layers": self.layers if isinstance(self.layers, str) else list(self.layers), "unseen": self.unseen,
+                "template": self.template, "seed": self.seed, "query_split": "valid", "positions": "last"}
