@@ -1,0 +1,58 @@
+"""`python -m workbench eval`: argument parsing, bad inputs before model loading, one end-to-end run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from workbench import cli
+from workbench.evaluation_cli import add_arguments, make_method, parse_prefixes, parse_tasks, parse_templates
+from workbench.methods.prompting import BM25FewShot, FewShot, ZeroShot
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_parsing():
+    args = parse("--method", "bm25", "--k", "4", "--tasks", "glue_sst2,boolq", "--n-test", "all", "--seeds", "42", "10",
+                 "--templates", "0,2", "--prefixes", "A:,The answer is")
+    assert args.n_test is None and args.seeds == [42, 10]
+    assert parse_tasks(args.tasks) == ["glue_sst2", "boolq"] and parse_tasks(["unseen"]) == "unseen"
+    assert parse_templates(args.templates) == [0, 2] and parse_templates(["all"]) == "all"
+    assert parse_prefixes(args.prefixes) == ["A:", "The answer is"]
+    assert isinstance(make_method("bm25", 4), BM25FewShot) and make_method("bm25", 4).k == 4
+    assert type(make_method("few-shot")) is FewShot and type(make_method("zero-shot")) is ZeroShot
+    defaults = parse()
+    assert defaults.model == "smollm2-135m" and defaults.tasks == ["in_domain"] and defaults.n_test == 100
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "nope"], "nope"),
+    (["--n-test", "0"], "n_test"),
+    (["--templates", "5"], "template index 5"),
+    (["--prefixes", "Q:"], "Q:"),
+    (["--method", "few-shot", "--k", "0"], "k (number of demonstrations)"),
+])
+def test_bad_inputs_fail_fast(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr("workbench.evaluation_cli.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert cli.main(["eval", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.embedded
+def test_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = cli.main(["eval", "--method", "zero-shot", "--tasks", "glue_sst2", "--n-test", "2", "--templates", "0",
+                     "--prefixes", "A:", "--run-dir", str(run), "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "== in_domain ==" in out and "== efficiency ==" in out and "zero-shot" in out and "(loose" in out
+    assert (run / "results" / "glue_sst2.parquet").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["n_test"] == 2 and config["method"] == {"name": "zero-shot"}
+    assert json.loads((run / "efficiency.json").read_text())["summary"]["n_items"] == 2

@@ -1,0 +1,206 @@
+"""wb.evaluate / summarize / run directories / efficiency: protocol rows, resume, config checks, bad inputs."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.efficiency import PeakMemory, efficiency_table
+from workbench.evaluation import evaluate, sample_items, summarize, tables_like_paper
+from workbench.methods.prompting import FewShot, ZeroShot
+from workbench.prompts import PREFIXES
+from workbench.runs import RunConfigMismatch, finished_tasks, load_run
+from workbench.tasks import Item, Task
+from workbench.testing import tiny_model
+
+TEMPLATES = ["Review: {input}\nIs it positive or negative?", "{input}\nSentiment?", "Text: {input}"]
+WORDS = ["good fun film", "bad slow film", "great cast", "dull plot", "nice music", "awful ending"]
+
+
+def toy_task(name: str, category: str = "NLU", in_domain: bool = True) -> Task:
+    items = [Item(w, "positive" if i % 2 == 0 else "negative") for i, w in enumerate(WORDS)]
+    return Task(name=name, category=category, domain="NLU", templates=TEMPLATES, labels=("positive", "negative"),
+                in_domain=in_domain, train=items, valid=items[:2], test=items)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama", texts=WORDS + TEMPLATES)
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return [toy_task("toy_a"), toy_task("toy_b", "Unseen", in_domain=False)]
+
+
+class Counting(ZeroShot):
+    """Zero-shot that counts prepare calls per task."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter = collections.Counter()
+
+    def prepare(self, lm, task, items, texts, seed=42):
+        self.calls[task.name] += 1
+        return super().prepare(lm, task, items, texts, seed)
+
+
+# ----------------------------------------------------------------------------------------------- protocol
+@pytest.mark.embedded
+def test_zero_shot_on_embedded_model(smollm):
+    df = evaluate(smollm, ZeroShot(), ["glue_sst2", "glue_cola"], n_test=4, batch_size=8, progress=False)
+    assert len(df) == 2 * 4 * 9
+    for col in ("task", "category", "item", "template", "prefix", "seed", "target", "prediction", "correct",
+                "label_prediction", "label_correct", "in_labels", "n_prompt_tokens", "latency", "method"):
+        assert col in df.columns
+    assert set(df["prefix"]) == set(PREFIXES) and set(df["template"]) == {0, 1, 2}
+    assert (df.groupby("task")["item"].nunique() == 4).all()
+    assert df["method"].eq("zero-shot").all() and (df["latency"] > 0).all()
+    assert df["n_prompt_tokens"].between(10, 400).all()
+    assert df["in_labels"].dtype == bool and df["label_correct"].notna().all()
+    assert df.attrs["efficiency"]["peak_gib"] > 0
+    assert (df["correct_loose"] >= df["correct"]).all() and (df["in_labels_loose"] >= df["in_labels"]).all()
+    # chat prompt: the official target is " positive" after "assistant\n"; the loose scores ignore the space
+    assert df["target_token"].str.startswith(" ").all()
+    summary = summarize(df)
+    assert set(summary["name"]) >= {"glue_sst2", "glue_cola", "NLU", "in_domain", "unseen", "all"}
+
+
+def test_rows_info_columns_and_efficiency(lm, tasks):
+    df = evaluate(lm, FewShot(k=2), tasks, n_test=3, templates=[0, 2], prefixes="A:", seeds=(42, 7),
+                  batch_size=2, progress=False)
+    assert len(df) == 2 * 3 * 2 * 2
+    assert {"n_demos", "dropped_demos", "demo_ids"} <= set(df.columns) and (df["n_demos"] == 2).all()
+    assert set(df["template"]) == {0, 2} and set(df["prefix"]) == {"A:"} and set(df["seed"]) == {42, 7}
+    for seed in (42, 7):
+        assert sorted(df[(df.task == "toy_a") & (df.seed == seed)]["item"].unique()) == sample_items(tasks[0], 3, seed)
+    eff = df.attrs["efficiency"]
+    assert eff["latency_s"] == pytest.approx(df["latency"].mean()) and eff["n_items"] == len(df)
+    table = efficiency_table(df)
+    assert list(table.index) == ["few-shot"] and table.loc["few-shot", "Memory (GiB)"] > 0
+
+
+def test_sample_items():
+    task = toy_task("t")
+    assert sample_items(task, None, 1) == list(range(6)) == sample_items(task, 60, 1)
+    picked = sample_items(task, 3, 42)
+    assert picked == sorted(picked) and len(set(picked)) == 3 and picked == sample_items(task, 3, 42)
+
+
+# ----------------------------------------------------------------------------------------------- run dirs
+def test_resume_skips_finished_tasks(lm, tasks, tmp_path):
+    first = Counting()
+    df1 = evaluate(lm, first, tasks, n_test=2, run_dir=tmp_path, progress=False)
+    assert first.calls == {"toy_a": 9, "toy_b": 9}  # 9 variants x 1 batch
+    assert finished_tasks(tmp_path) == ["toy_a", "toy_b"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("model", "method", "n_test", "templates", "prefixes", "seeds", "batch_size", "packages", "git_commit"):
+        assert key in config
+    (tmp_path / "results" / "toy_b.parquet").unlink()
+    second = Counting()
+    df2 = evaluate(lm, second, tasks, n_test=2, run_dir=tmp_path, progress=False)
+    assert second.calls == {"toy_b": 9}
+    cols = [c for c in df1.columns if c != "latency"]
+    pd.testing.assert_frame_equal(df1[cols], df2[cols], check_dtype=False)
+    third = Counting()
+    evaluate(lm, third, tasks, n_test=2, run_dir=tmp_path, progress=False)
+    assert not third.calls
+    loaded = load_run(tmp_path)
+    assert len(loaded) == len(df1) and loaded.attrs["efficiency"]["n_items"] == len(df1)
+    assert set(json.loads((tmp_path / "efficiency.json").read_text())["tasks"]) == {"toy_a", "toy_b"}
+
+
+def test_config_mismatch_raises(lm, tasks, tmp_path):
+    evaluate(lm, ZeroShot(), tasks[:1], n_test=2, templates=[0], prefixes="A:", run_dir=tmp_path, progress=False)
+    with pytest.raises(RunConfigMismatch, match="n_test"):
+        evaluate(lm, ZeroShot(), tasks[:1], n_test=3, templates=[0], prefixes="A:", run_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"method\.name"):
+        evaluate(lm, FewShot(k=2), tasks[:1], n_test=2, templates=[0], prefixes="A:", run_dir=tmp_path,
+                 progress=False)
+    with pytest.raises(ValueError, match="seeds"):
+        evaluate(lm, ZeroShot(), tasks[:1], n_test=2, templates=[0], prefixes="A:", seeds=(1,), run_dir=tmp_path,
+                 progress=False)
+    # more tasks with the same settings are fine
+    evaluate(lm, ZeroShot(), tasks, n_test=2, templates=[0], prefixes="A:", run_dir=tmp_path, progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["tasks"] == ["toy_a", "toy_b"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"tasks": "no_such_task"}, "no_such_task"),
+    ({"tasks": []}, "empty"),
+    ({"tasks": [3]}, "3"),
+    ({"n_test": 0}, "n_test"),
+    ({"n_test": -2}, "n_test"),
+    ({"n_test": 2.5}, "n_test"),
+    ({"templates": [3]}, "template index 3"),
+    ({"templates": "first"}, "first"),
+    ({"prefixes": "Q:"}, "Q:"),
+    ({"seeds": ()}, "seeds"),
+    ({"seeds": ("a",)}, "seed"),
+    ({"method": "zero-shot"}, "Method"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_inputs_raise(lm, tasks, kwargs, match):
+    args = {"method": ZeroShot(), "tasks": tasks, "n_test": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        evaluate(lm, progress=False, **args)
+
+
+# ----------------------------------------------------------------------------------------------- summarize
+def hand_made() -> pd.DataFrame:
+    """2 seeds x (glue_sst2: NLU, boolq: Knowledge, glue_cola: unseen) x 2 items x 2 variants."""
+    acc = {("glue_sst2", 42): [1, 1, 1, 0], ("glue_sst2", 10): [1, 0, 0, 0],
+           ("boolq", 42): [0, 0, 0, 0], ("boolq", 10): [1, 1, 0, 0],
+           ("glue_cola", 42): [1, 1, 1, 1], ("glue_cola", 10): [0, 1, 1, 1]}
+    rows = []
+    for (task, seed), correct in acc.items():
+        for j, c in enumerate(correct):
+            rows.append({"method": "m", "task": task, "seed": seed, "item": j // 2, "template": j % 2,
+                         "prefix": "A:", "correct": bool(c), "prediction": " A" if j % 2 else " B",
+                         "in_labels": j != 0, "n_prompt_tokens": 100 if seed == 42 else 110})
+    return pd.DataFrame(rows)
+
+
+def test_summarize_means_and_sds():
+    s = summarize(hand_made()).set_index(["level", "name"])
+    sst2 = s.loc[("task", "glue_sst2")]
+    assert sst2["accuracy"] == pytest.approx(50.0) and sst2["accuracy_sd"] == pytest.approx(25.0)  # 75, 25
+    assert s.loc[("task", "boolq"), "accuracy"] == pytest.approx(25.0)  # 0, 50
+    assert s.loc[("task", "boolq"), "accuracy_sd"] == pytest.approx(25.0)
+    assert s.loc[("category", "NLU"), "accuracy"] == pytest.approx(50.0)
+    ind = s.loc[("average", "in_domain")]  # per seed: (75+0)/2 = 37.5, (25+50)/2 = 37.5
+    assert ind["accuracy"] == pytest.approx(37.5) and ind["accuracy_sd"] == pytest.approx(0.0)
+    unseen = s.loc[("average", "unseen")]  # 100, 75
+    assert unseen["accuracy"] == pytest.approx(87.5) and unseen["accuracy_sd"] == pytest.approx(12.5)
+    assert ind["n_tokens"] == pytest.approx(105.0) and ind["n_tokens_sd"] == pytest.approx(5.0)
+    assert sst2["format_adherence"] == pytest.approx(75.0)
+    assert sst2["consistency"] == pytest.approx(0.0)  # the two variants always disagree
+    assert s.loc[("average", "all"), "n_tasks"] == 3 and sst2["n_seeds"] == 2
+
+
+def test_tables_like_paper():
+    tables = tables_like_paper(hand_made())
+    assert list(tables["in_domain"].columns) == ["# Tokens", "NLU", "Knowledge", "Avg."]
+    assert tables["in_domain"].loc["m", "Avg."] == "37.5 ± 0.0"
+    assert tables["unseen"].loc["m", "glue_cola"] == "87.5 ± 12.5"
+    assert tables["format_adherence"].loc["boolq", "m"] == pytest.approx(75.0)
+    assert math.isclose(tables_like_paper(hand_made(), formatted=False)["unseen"].loc["m", "Avg."], 87.5)
+
+
+def test_summarize_needs_columns():
+    with pytest.raises(ValueError, match="correct"):
+        summarize(pd.DataFrame({"task": ["a"], "seed": [1]}))
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu", interval=0.001) as mem:
+        block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB
+        block[::4096] = 2
+        import time
+
+        time.sleep(0.05)
+    assert mem.result["increase_bytes"] >= 32 << 20 and mem.result["peak_bytes"] >= mem.result["start_bytes"]
