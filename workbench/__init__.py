@@ -1,18 +1,30 @@
 """ATV workbench: steer a frozen LLM with query-specific (adaptive) task vectors, and compare with baselines.
 
     import workbench as wb
-    lm = wb.load_model("smollm2-135m")
-    enc = wb.load_encoder("minilm-l6")
+    lm = wb.load_model("smollm2-135m")                  # frozen large model (nnsight-wrapped)
+    generator = wb.ATVGenerator(wb.load_encoder("minilm-l6"), lm)
+    history = wb.train_atv(lm, generator, [wb.load_task("glue_sst2")], wb.TrainConfig(epochs=2))
+    df = wb.evaluate(lm, wb.methods.ATV(generator), ["glue_sst2"], n_test=20)
+    wb.summarize(df)
 """
 
+from . import methods
+from .efficiency import efficiency_table
 from .encoders import Encoder, load_encoder
+from .evaluation import evaluate, summarize, tables_like_paper
+from .generator import ATVGenerator
 from .inference import generate, last_token_states, next_token_logits
 from .injection import Injection, resolve_layers
 from .methods.base import Method, PreparedBatch
 from .models import LanguageModel, load_model
+from .tasks import Task, load_task, task_names
+from .training import TrainConfig, train_atv
+from .training_cli import presets
 
 __all__ = [
-    "Encoder", "Injection", "LanguageModel", "Method", "PreparedBatch",
-    "generate", "last_token_states", "load_encoder", "load_model", "next_token_logits", "resolve_layers",
+    "ATVGenerator", "Encoder", "Injection", "LanguageModel", "Method", "PreparedBatch", "Task", "TrainConfig",
+    "efficiency_table", "evaluate", "generate", "last_token_states", "load_encoder", "load_model", "load_task",
+    "methods", "next_token_logits", "presets", "resolve_layers", "summarize", "tables_like_paper", "task_names",
+    "train_atv",
 ]
 __version__ = "0.1.0"

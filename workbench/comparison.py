@@ -77,7 +77,8 @@ def compare(
         frames[name] = df.assign(method=name)
         frames[name].attrs = df.attrs
     results = pd.concat(frames.values(), ignore_index=True)
-    efficiency = efficiency_table(frames).assign(**{"Fit (s)": lambda t: t["method"].map(fit_seconds)})
+    efficiency = efficiency_table(frames).reset_index()
+    efficiency["Fit (s)"] = efficiency["method"].map(fit_seconds)
     return results, efficiency
 
 
@@ -87,7 +88,7 @@ def category_table(results: pd.DataFrame, loose: bool = False) -> pd.DataFrame:
 
     s = summarize(results, loose=loose)
     keep = s[(s["level"] == "category") | ((s["level"] == "average") & s["name"].isin(["in_domain", "unseen"]))]
-    out = keep.rename(columns={"name": "category", "accuracy_sd": "sd"})[["method", "category", "accuracy", "sd", "label_accuracy"]]
+    out = keep.drop(columns="category").rename(columns={"name": "category", "accuracy_sd": "sd"})[["method", "category", "accuracy", "sd", "label_accuracy"]]
     order = {m: i for i, m in enumerate(results["method"].unique())} if "method" in results else {}
     rank = out["method"].map(order).fillna(len(order))
     return out.assign(_rank=rank).sort_values(["category", "_rank"]).drop(columns="_rank").reset_index(drop=True)
