@@ -46,8 +46,8 @@ EMBEDDED_NAMES = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def cache_dir() -> Path:
-    """`$ATV_CACHE`, default `~/.cache/atv-workbench`: where converted embedded weights live."""
-    return Path(os.environ.get("ATV_CACHE", Path.home() / ".cache" / "atv-workbench")).expanduser()
+    """`$ATV_CACHE` (if set and non-empty), default `~/.cache/atv-workbench`: where converted embedded weights live."""
+    return Path(os.environ.get("ATV_CACHE") or Path.home() / ".cache" / "atv-workbench").expanduser()
 
 
 def package_dir(package: str) -> Path:
