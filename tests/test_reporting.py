@@ -27,6 +27,12 @@ from workbench.reporting import (
 )
 
 
+
+@pytest.fixture(autouse=True)
+def png_on(monkeypatch):
+    """conftest turns PNG export off for the suite; these tests are about it."""
+    monkeypatch.setenv("ATV_PNG", "1")
+
 def _leftovers(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp"))
 
@@ -134,9 +140,14 @@ def test_save_figure_html_is_self_contained(tmp_path):
 def test_save_figure_png_when_browser_available(tmp_path):
     if find_browser() is None:
         pytest.skip("no Chrome/Chromium for kaleido (apt-get install -y chromium, or set BROWSER_PATH)")
-    out = save_figure(_fig(), tmp_path, "fig")
+    out = save_figure(_fig(), tmp_path, "fig", png=True)
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out["html"].exists()
+
+
+def test_atv_png_0_turns_png_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATV_PNG", "0")
+    assert set(save_figure(_fig(), tmp_path, "fig")) == {"html"}
 
 
 def test_save_figure_without_browser_warns_once(tmp_path, monkeypatch):
