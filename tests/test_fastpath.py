@@ -1,0 +1,110 @@
+"""The prefix-cached loss equals the naive whole-sequence loss (values and gradients); the naive loss is right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench.examples import answer_loss, answer_losses, tokenize_pair
+from workbench.fastpath import PrefixStore, fast_answer_loss
+from workbench.injection import Injection
+from workbench.testing import tiny_model
+
+TEXTS = ["the movie was great", "a sad and slow film", "hello world", "is this sentence positive or negative"]
+PROMPTS = ["the movie was great . A:", "the hello world is this sentence positive or negative ? A:", "the a"]
+TARGETS = [" positive", " negative negative", " No"]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
+def loss_and_grad(fn, lm, prompts, targets, v, scale, **kw):
+    loss = fn(lm, prompts, targets, Injection(v, scale=scale), **kw)
+    return loss.detach(), torch.autograd.grad(loss, v)[0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "gpt_neox"])
+def test_fast_equals_naive_tiny(arch):
+    lm = tiny_model(arch, texts=TEXTS)
+    torch.manual_seed(0)
+    v = torch.randn(len(PROMPTS), lm.num_layers, lm.hidden_size, requires_grad=True)
+    l1, g1 = loss_and_grad(answer_loss, lm, PROMPTS, TARGETS, v, 0.5)
+    store = PrefixStore()
+    l2, g2 = loss_and_grad(fast_answer_loss, lm, PROMPTS, TARGETS, v, 0.5, store=store)
+    l3, g3 = loss_and_grad(fast_answer_loss, lm, PROMPTS, TARGETS, v, 0.5, store=store)  # from the store
+    assert store.hits == 3 and len(store) == 3 and store.stats()["heads"] == 1
+    for loss, grad in ((l2, g2), (l3, g3)):
+        assert abs(float(loss - l1)) <= 1e-4 * abs(float(l1))
+        assert rel(grad, g1) <= 1e-4
+
+
+def test_fast_path_generator_gradients_and_budget(llama_lm):
+    from workbench.encoders import load_encoder
+    from workbench.generator import ATVGenerator
+
+    gen = ATVGenerator(load_encoder("scratch:1x32", tokenizer=llama_lm.tokenizer, seed=0), llama_lm).eval()
+    grads = []
+    for fn, kw in ((answer_loss, {}), (fast_answer_loss, {"store": PrefixStore(0)})):
+        gen.zero_grad()
+        fn(llama_lm, PROMPTS, TARGETS, Injection(gen.vectors(PROMPTS), scale=0.5), **kw).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in gen.parameters() if p.grad is not None]))
+    assert rel(grads[1], grads[0]) <= 1e-4
+
+
+def test_naive_loss_is_masked_mean_ce(llama_lm):
+    """answer_loss = mean over examples of the mean CE over each example's answer tokens (no injection)."""
+    lm = llama_lm
+    expected = []
+    for p, t in zip(PROMPTS, TARGETS):
+        prompt_ids, answer_ids = tokenize_pair(lm, p, t)
+        ids = torch.tensor([prompt_ids + answer_ids])
+        logits = lm.hf(input_ids=ids).logits[0, len(prompt_ids) - 1: -1]
+        expected.append(F.cross_entropy(logits, torch.tensor(answer_ids)))
+    with torch.no_grad():
+        got = answer_loss(lm, PROMPTS, TARGETS)
+    assert torch.allclose(got, torch.stack(expected).mean(), rtol=1e-5)
+
+
+def test_zero_vector_changes_nothing_and_positions_all(llama_lm):
+    lm = llama_lm
+    with torch.no_grad():
+        clean, _ = answer_losses(lm, PROMPTS, TARGETS)
+        zero = torch.zeros(len(PROMPTS), lm.num_layers, lm.hidden_size)
+        assert torch.equal(answer_losses(lm, PROMPTS, TARGETS, Injection(zero, scale=1.0))[0], clean)
+        v = torch.randn_like(zero)
+        last = answer_losses(lm, PROMPTS, TARGETS, Injection(v, scale=1.0))[0]
+        every = answer_losses(lm, PROMPTS, TARGETS, Injection(v, scale=1.0, positions="all"))[0]
+    assert not torch.allclose(last, clean) and not torch.allclose(every, last)
+    with pytest.raises(ValueError, match="positions='last'"):
+        fast_answer_loss(lm, PROMPTS, TARGETS, Injection(v, positions="all"))
+
+
+def test_bad_inputs(llama_lm):
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        answer_loss(llama_lm, PROMPTS, TARGETS[:2])
+    with pytest.raises(ValueError, match="wb.Injection"):
+        answer_loss(llama_lm, PROMPTS, TARGETS, injection="nope")
+
+
+@pytest.mark.embedded
+def test_fast_equals_naive_smollm(smollm):
+    """SmolLM2 in float32: fast (batched, cached) vs naive (batch 1, no padding) within 1e-4. (The naive path on a
+    left-padded batch is itself ~1e-4 off the float64 result; the fast path ~3e-6; in float64 both agree exactly.)"""
+    from workbench.examples import training_examples
+    from workbench.tasks import load_task
+
+    examples = training_examples([load_task("glue_sst2"), load_task("crows_pairs")], n_train=1)[::2]
+    prompts, targets = [e.prompt(smollm) for e in examples], [e.target for e in examples]
+    torch.manual_seed(0)
+    v = torch.randn(len(prompts), smollm.num_layers, smollm.hidden_size, requires_grad=True)
+    fast_l, fast_g = loss_and_grad(fast_answer_loss, smollm, prompts, targets, v, 0.05)
+    naive_l = torch.zeros(())
+    naive_g = torch.zeros_like(v)
+    for i in range(len(prompts)):
+        loss = answer_loss(smollm, prompts[i: i + 1], targets[i: i + 1], Injection(v[i: i + 1], scale=0.05))
+        naive_l += loss.detach() / len(prompts)
+        naive_g += torch.autograd.grad(loss, v)[0] / len(prompts)
+    assert abs(float(fast_l - naive_l)) <= 1e-4 * abs(float(naive_l))
+    assert rel(fast_g, naive_g) <= 1e-4

@@ -1,0 +1,159 @@
+"""train_atv on tiny models: learning, fast == naive training, resume equivalence, checkpoints, bad inputs, presets."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from workbench.encoders import load_encoder
+from workbench.examples import training_examples
+from workbench.generator import ATVGenerator
+from workbench.testing import tiny_model
+from workbench.training import TrainConfig, latest_checkpoint, train_atv
+from workbench.training_cli import add_arguments, build, get_preset, presets
+
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
+ITEMS = [(f"{a} {b}", "positive" if i % 2 else "negative") for i, (a, b) in enumerate(zip(WORDS, WORDS[3:] + WORDS[:3]))]
+TASK = SimpleNamespace(name="synth", templates=["Review: {input}", "Text: {input} ?", "Q {input}"],
+                       train=ITEMS, valid=ITEMS[:4], test=ITEMS)
+FAST = {"n_train": 8, "batch_size": 4, "scale": 1.0, "lr": 1e-2, "valid_items": 4}
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama", texts=WORDS + ["Review", "Text", "Q"])
+
+
+def generator(lm, seed: int = 0) -> ATVGenerator:
+    torch.manual_seed(seed)
+    return ATVGenerator(load_encoder("scratch:1x32", tokenizer=lm.tokenizer, seed=seed), lm)
+
+
+def weights(gen: ATVGenerator) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in gen.state_dict().items()}
+
+
+def test_defaults_follow_the_paper():
+    c = TrainConfig()
+    assert (c.lr, c.weight_decay, c.epochs, c.scale, c.n_train, c.batch_size) == (5e-4, 1e-5, 15, 1e-3, 90, 1)
+    assert (c.layers, c.positions, c.seed, c.generator_input, c.prefix) == ("all", "last", 42, "prompt", "A:")
+    assert c.fast_path and c.encoder_train_mode == "train"
+
+
+def test_examples_three_templates_per_item():
+    ex = training_examples([TASK], n_train=5, seed=42)
+    assert len(ex) == 15 and {e.template for e in ex} == {0, 1, 2}
+    assert all(e.text.endswith("\nA:") and e.target in (" positive", " negative") for e in ex)
+    assert ex == training_examples([TASK], n_train=5, seed=42) != training_examples([TASK], n_train=5, seed=10)
+    official = training_examples([TASK], n_train=1, generator_input="official")[0]
+    assert official.generator_text == f"Q: {ITEMS[official.item][0]} \n A: "
+
+
+def test_loss_decreases_and_history(lm):
+    seen = []
+    df = train_atv(lm, generator(lm), [TASK], TrainConfig(epochs=4, **FAST), progress=False, callback=seen.append)
+    assert list(df.columns)[:4] == ["epoch", "train_loss", "valid_loss", "valid_acc"] and list(df.epoch) == [1, 2, 3, 4]
+    assert df.train_loss.iloc[-1] < df.train_loss.iloc[0] and df.valid_loss.iloc[-1] < df.attrs["initial"]["valid_loss"]
+    assert len(seen) == 4 and df.attrs["config"]["scale"] == 1.0 and df.attrs["prefix_cache"]["hits"] > 0
+
+
+def test_fast_and_naive_training_agree(lm):
+    """Same losses and same vectors after training (weights themselves may differ where the true gradient is 0,
+    e.g. attention key biases, since Adam normalises rounding noise there to a full step)."""
+    losses, vectors = [], []
+    texts = [e.generator_text for e in training_examples([TASK], n_train=4)]
+    for fast in (True, False):
+        gen = generator(lm)
+        df = train_atv(lm, gen, [TASK], TrainConfig(epochs=2, fast_path=fast, encoder_train_mode="eval", **FAST), progress=False)
+        losses.append(df.train_loss.tolist() + df.valid_loss.tolist())
+        with torch.no_grad():
+            vectors.append(gen.vectors(texts))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert torch.allclose(vectors[0], vectors[1], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_gives_the_same_weights(lm, tmp_path):
+    config = TrainConfig(epochs=3, **FAST)  # dropout on: the RNG state must be restored too
+    full = generator(lm)
+    df_full = train_atv(lm, full, [TASK], config, checkpoint_dir=tmp_path / "a", progress=False)
+    part = generator(lm)
+    train_atv(lm, part, [TASK], TrainConfig(epochs=2, **FAST), checkpoint_dir=tmp_path / "b", progress=False)
+    assert latest_checkpoint(tmp_path / "b").name == "epoch-002"
+    resumed = generator(lm, seed=1)  # different init: everything must come from the checkpoint
+    df = train_atv(lm, resumed, [TASK], config, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    assert list(df.epoch) == [1, 2, 3] and df.train_loss.tolist() == df_full.train_loss.tolist()
+    for k, v in weights(full).items():
+        assert torch.equal(v, weights(resumed)[k]), k
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["LATEST", "epoch-003"]
+    back = ATVGenerator.load(tmp_path / "b" / "epoch-003" / "generator", lm)
+    assert back.meta["train_config"]["epochs"] == 3
+    with pytest.raises(ValueError, match="another config.*lr"):
+        train_atv(lm, generator(lm), [TASK], TrainConfig(epochs=4, **{**FAST, "lr": 1e-3}),
+                  checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(lm, tmp_path):
+    gen = generator(lm)
+
+    def poison(df):
+        with torch.no_grad():
+            gen.projection.weight.fill_(math.nan)
+
+    with pytest.raises(FloatingPointError, match="non-finite.*epoch 2.*epoch-001"):
+        train_atv(lm, gen, [TASK], TrainConfig(epochs=3, **FAST), checkpoint_dir=tmp_path, callback=poison, progress=False)
+    assert latest_checkpoint(tmp_path).name == "epoch-001"
+    assert torch.isfinite(ATVGenerator.load(tmp_path / "epoch-001" / "generator", lm).projection.weight).all()
+
+
+def test_frozen_encoder_trains_only_the_projection(lm):
+    gen = generator(lm)
+    before = weights(gen)
+    train_atv(lm, gen, [TASK], TrainConfig(epochs=1, encoder_train_mode="frozen", **FAST), progress=False)
+    after = weights(gen)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert not torch.equal(before["projection.weight"], after["projection.weight"])
+
+
+def test_positions_all_uses_naive_path(lm):
+    df = train_atv(lm, generator(lm), [TASK], TrainConfig(epochs=1, positions="all", **FAST), progress=False)
+    assert df.attrs["prefix_cache"]["stored"] == 0 and math.isfinite(df.train_loss[0])
+
+
+@pytest.mark.parametrize("scale", [math.nan, math.inf, 0.0, -1e-3])
+def test_bad_scale(lm, scale):
+    with pytest.raises(ValueError, match="scale must be a positive finite"):
+        train_atv(lm, generator(lm), [TASK], TrainConfig(scale=scale))
+
+
+def test_bad_inputs(lm):
+    with pytest.raises(ValueError, match="tasks is empty"):
+        train_atv(lm, generator(lm), [], TrainConfig())
+    with pytest.raises(ValueError, match="only 2 training items.*batch_size=4"):
+        train_atv(lm, generator(lm), [TASK], TrainConfig(n_train=2, batch_size=4))
+    with pytest.raises(ValueError, match="unknown generator_input"):
+        TrainConfig(generator_input="chat").validate()
+    with pytest.raises(ValueError, match="epochs must be a positive finite int"):
+        TrainConfig(epochs=0).validate()
+    with pytest.raises(ValueError, match="needs a checkpoint_dir"):
+        train_atv(lm, generator(lm), [TASK], TrainConfig(**FAST), resume=True)
+    with pytest.raises(ValueError, match="layer index 9 out of range"):
+        train_atv(lm, generator(lm), [TASK], TrainConfig(layers=[9], **FAST))
+
+
+def test_presets():
+    assert set(presets) >= {"paper", "cpu-demo"}
+    assert presets["paper"].model == "meta-llama/Meta-Llama-3-8B" and presets["paper"].encoder == "gpt2"
+    assert len(presets["paper"].tasks) == 20 and presets["paper"].config == TrainConfig()
+    with pytest.raises(KeyError, match="available presets: paper, cpu-demo"):
+        presets["nope"]
+    with pytest.raises(ValueError, match="unknown preset 'nope'; available presets"):
+        get_preset("nope")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    preset, config = build(parser.parse_args(["--preset", "cpu-demo", "--epochs", "2", "--tasks", "glue_sst2", "--naive"]))
+    assert config.epochs == 2 and not config.fast_path and preset.tasks == ("glue_sst2",)
+    assert config.scale == presets["cpu-demo"].config.scale
