@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workbench.examples import Example, pair_losses, tokenize_pair, training_examples  # noqa: E402
-from workbench.injection import Injection  # noqa: E402
-from workbench.training import group_items, train_atv  # noqa: E402
-from workbench.training_cli import get_preset  # noqa: E402
+from workbench.examples import Example, pair_losses, tokenize_pair, training_examples
+from workbench.injection import Injection
+from workbench.training import group_items, train_atv
+from workbench.training_cli import get_preset
 
 
 def official_rate(lm, generator, examples: list[Example], config) -> float:
