@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     if args.quick:
         quick(args.model, args.encoder, args.seed)
         return 0
-    from .pipeline import run_notebooks
+    from .pipeline import DEMO_NOTEBOOKS, run_notebook
     from .reporting import new_run_dir
 
     run_dir = new_run_dir(args.runs)
@@ -64,8 +64,9 @@ def main(args: argparse.Namespace) -> int:
         params["n_test"] = args.n_test
     print(f"demo: running notebooks 01-04 on the cpu-demo preset into {run_dir}")
     start = time.perf_counter()
-    for info in run_notebooks(run_dir, params):
-        print(f"  {info['notebook']}: {info['seconds']:.0f} s -> {info['html']}")
+    for name in DEMO_NOTEBOOKS:
+        info = run_notebook(name, run_dir, params)
+        print(f"  {info['notebook']}: {info['seconds']:.0f} s -> {info['html']}", flush=True)
     print(f"\ndone in {time.perf_counter() - start:.0f} s. Everything is in {run_dir}/ "
           f"(executed notebooks + .html, figures, tables, generator/)")
     print_summary(run_dir)

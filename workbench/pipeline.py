@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -54,14 +54,3 @@ def run_notebook(name: str, run_dir: Path, parameters: dict[str, Any], kernel: s
         info["html"] = str(export_html(executed))
     return info
 
-
-def run_notebooks(
-    run_dir: Path,
-    parameters: dict[str, Any],
-    notebooks: Sequence[str] = DEMO_NOTEBOOKS,
-    per_notebook: dict[str, dict[str, Any]] | None = None,
-    kernel: str = "python3",
-) -> list[dict]:
-    """Run `notebooks` in order, each with the shared `parameters` plus its own overrides."""
-    per_notebook = per_notebook or {}
-    return [run_notebook(nb, run_dir, {**parameters, **per_notebook.get(nb, {})}, kernel=kernel) for nb in notebooks]
