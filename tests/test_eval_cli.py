@@ -37,6 +37,7 @@ def test_parsing():
     (["--templates", "5"], "template index 5"),
     (["--prefixes", "Q:"], "Q:"),
     (["--method", "few-shot", "--k", "0"], "k (number of demonstrations)"),
+    (["--method", "atv"], "needs --generator DIR"),
 ])
 def test_bad_inputs_fail_fast(argv, message, capsys, monkeypatch):
     monkeypatch.setattr("workbench.evaluation_cli.load_model", lambda *a, **k: pytest.fail("model loaded"))

@@ -20,7 +20,7 @@ from .methods.prompting import BM25FewShot, FewShot, ZeroShot
 from .models import load_model
 from .prompts import variants
 
-METHODS = ("zero-shot", "few-shot", "bm25")
+METHODS = ("zero-shot", "few-shot", "bm25", "atv")
 
 
 def make_method(name: str, k: int = 16) -> Method:
@@ -31,6 +31,8 @@ def make_method(name: str, k: int = 16) -> Method:
         return FewShot(k=k)
     if name == "bm25":
         return BM25FewShot(k=k)
+    if name == "atv":
+        raise ValueError("--method atv needs --generator DIR (a checkpoint saved by training)")
     raise ValueError(f"unknown method {name!r}; use one of {METHODS}")
 
 
@@ -69,7 +71,8 @@ def parse_prefixes(values: list[str]) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=METHODS, default="zero-shot", help="prompting baseline")
+    parser.add_argument("--method", choices=METHODS, default="zero-shot", help="prompting baseline, or atv")
+    parser.add_argument("--generator", default=None, help="with --method atv: a generator folder (train's generator/)")
     parser.add_argument("--k", type=int, default=16, help="demonstrations for few-shot / bm25 (default 16)")
     parser.add_argument("--tasks", nargs="+", default=["in_domain"],
                         help="in_domain | unseen | all | extra, or task names (comma/space separated)")
@@ -105,7 +108,7 @@ def print_tables(df: pd.DataFrame, out: Any = None) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        method = make_method(args.method, args.k)
+        method = None if args.method == "atv" and args.generator else make_method(args.method, args.k)
         templates, prefixes = parse_templates(args.templates), parse_prefixes(args.prefixes)
         variants(templates, prefixes)  # fail on bad inputs before loading the model
         check_n_test(args.n_test)
@@ -116,6 +119,10 @@ def main(args: argparse.Namespace) -> int:
                 raise ValueError(f"--threads must be a positive int, got {args.threads}")
             torch.set_num_threads(args.threads)
         lm = load_model(args.model, device=args.device)
+        if method is None:
+            from .methods.atv import ATV
+
+            method = ATV.load(args.generator, lm)
         df = evaluate(lm, method, tasks, n_test=args.n_test, templates=templates, prefixes=prefixes,
                       seeds=args.seeds, batch_size=args.batch_size, run_dir=args.run_dir, data_dir=args.data_dir,
                       progress=not args.no_progress)
