@@ -29,8 +29,8 @@ def standard_methods(generator: Any = None, budget: str = "paper", k: int | None
         raise ValueError(f"unknown budget {budget!r}; use one of {BUDGETS}")
     small = budget == "cpu-demo"
     k = k or (4 if small else 16)
-    epochs = epochs or (2 if small else 15)
-    n_train = n_train or (16 if small else 90)
+    epochs = epochs or (1 if small else 15)
+    n_train = n_train or (8 if small else 90)
     methods: dict[str, Method] = {
         "zero-shot": ZeroShot(),
         f"{k}-shot": FewShot(k=k),
