@@ -26,7 +26,9 @@ def training_curve(history: pd.DataFrame, title: str = "ATV training") -> go.Fig
         fig.add_scatter(x=history["epoch"], y=history["valid_acc"], name="valid accuracy", mode="lines+markers",
                         yaxis="y2", line=dict(dash="dot"))
     fig.update_layout(title=title, template=TEMPLATE, xaxis_title="epoch", yaxis_title="cross-entropy",
-                      yaxis2=dict(title="accuracy", overlaying="y", side="right", range=[0, 1]))
+                      xaxis=dict(dtick=1), legend=dict(orientation="h", y=-0.2),
+                      yaxis2=dict(title="accuracy", overlaying="y", side="right", range=[0, 1], tickformat=".0%",
+                                  showgrid=False))
     return fig
 
 
