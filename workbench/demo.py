@@ -47,8 +47,12 @@ def print_summary(run_dir: Path) -> None:
     """Print the accuracy table notebook 02 wrote (if it did)."""
     table = run_dir / "summary_categories.csv"
     if table.exists():
-        with pd.option_context("display.width", 160, "display.max_columns", 20):
-            print(pd.read_csv(table).to_string(index=False))
+        tidy = pd.read_csv(table)
+        wide = tidy.pivot(index="method", columns="category", values="accuracy").reindex(tidy["method"].unique())
+        wide = wide.drop(columns="Unseen", errors="ignore")  # the same as the unseen average
+        print("\naccuracy (%, loose first-token score; see README) on the same items, seed 42:")
+        with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 1):
+            print(wide.to_string())
 
 
 def main(args: argparse.Namespace) -> int:
