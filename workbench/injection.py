@@ -56,6 +56,15 @@ def check_positions(positions: str) -> str:
     return positions
 
 
+def position_mask(attention_mask: torch.Tensor, positions: str, dtype: torch.dtype) -> torch.Tensor:
+    """[b, T, 1] mask of the edited positions: "last" is column T-1 (prompts are left padded), "all" the real tokens."""
+    if positions == "all":
+        return attention_mask.to(dtype).unsqueeze(-1)
+    mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+    mask[:, -1] = 1
+    return mask.unsqueeze(-1)
+
+
 def check_scale(scale: float) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number, got {scale!r}")
@@ -107,12 +116,8 @@ class Injection:
         return (self.scale * v).to(device=device, dtype=dtype)
 
     def position_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """[b, T, 1] mask of the positions edited (prompts are left padded, so "last" is column T-1)."""
-        if self.positions == "all":
-            return attention_mask.to(dtype).unsqueeze(-1)
-        mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
-        mask[:, -1] = 1
-        return mask.unsqueeze(-1)
+        """[b, T, 1] mask of the positions edited (see :func:`position_mask`)."""
+        return position_mask(attention_mask, self.positions, dtype)
 
     def apply(self, lm: "LanguageModel", rows: slice, attention_mask: torch.Tensor) -> None:
         """Edit the decoder-block outputs inside an nnsight trace of `lm` (blocks touched in forward order)."""

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..inference import next_token_logits
-from ..injection import check_positions
+from ..injection import check_positions, position_mask
 from ..prompts import TRAIN_PREFIX, build_text
 from ..retrieval import DEFAULT_RETRIEVER, QueryIndex
 from ..scoring import target_first_token
@@ -64,12 +64,7 @@ class ContextInjection:
     def apply(self, lm: LanguageModel, rows: slice, attention_mask: torch.Tensor) -> None:
         cv = (self.vectors[rows] if self.vectors.dim() == 4 else self.vectors[None]).to(lm.device, lm.dtype)
         coefs = self.coefs.to(lm.device)
-        if self.positions == "all":
-            mask = attention_mask.to(lm.dtype).unsqueeze(-1)
-        else:
-            mask = torch.zeros(attention_mask.shape, dtype=lm.dtype, device=lm.device)
-            mask[:, -1] = 1
-            mask = mask.unsqueeze(-1)
+        mask = position_mask(attention_mask.to(lm.device), self.positions, lm.dtype)
         for layer in range(lm.num_layers):
             for j, module in enumerate(sublayers(lm, layer)):
                 out = module.output

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..injection import Injection, LayerSpec, check_scale, resolve_layers
+from ..injection import Injection, LayerSpec, check_scale, position_mask, resolve_layers
 from ..retrieval import QueryIndex
 from .base import Method, PreparedBatch
 from .demos import DemoPrompt, demo_prompts, mean_norms, prompt_states
@@ -47,9 +47,7 @@ class Replacement:
 
     def apply(self, lm: LanguageModel, rows: slice, attention_mask: torch.Tensor) -> None:
         v = self.vectors.to(device=lm.device, dtype=lm.dtype)
-        mask = torch.zeros(attention_mask.shape, dtype=lm.dtype, device=lm.device)
-        mask[:, -1] = 1
-        mask = mask.unsqueeze(-1)
+        mask = position_mask(attention_mask.to(lm.device), "last", lm.dtype)
         for layer in resolve_layers(self.layers, lm.num_layers):
             block = lm.nn_layer(layer)
             out = block.output
