@@ -108,3 +108,48 @@ def test_fast_equals_naive_smollm(smollm):
         naive_g += torch.autograd.grad(loss, v)[0] / len(prompts)
     assert abs(float(fast_l - naive_l)) <= 1e-4 * abs(float(naive_l))
     assert rel(fast_g, naive_g) <= 1e-4
+
+
+def test_batched_prefixes_equal_one_by_one(llama_lm):
+    """Right-padded batches (with and without a shared head) give each sequence's keys/values computed alone."""
+    from workbench.fastpath import prefix_kvs
+
+    tok = llama_lm.tokenizer
+    head = tok("the movie was")["input_ids"]
+    seqs = [head + tok(t, add_special_tokens=False)["input_ids"] for t in ("great", "a sad and slow film", "hello world is")]
+    alone = [prefix_kvs(llama_lm, [s])[0] for s in seqs]
+    head_kv = prefix_kvs(llama_lm, [head])[0]
+    for batch in (prefix_kvs(llama_lm, seqs), prefix_kvs(llama_lm, seqs, (len(head), head_kv))):
+        for got, ref, s in zip(batch, alone, seqs):
+            assert got.shape[:2] == (llama_lm.num_layers, 2) and got.shape[3] == len(s)
+            assert torch.allclose(got, ref, atol=1e-5)
+    empty, same = prefix_kvs(llama_lm, [[], head], (len(head), head_kv))
+    assert empty.numel() == 0 and same is head_kv
+
+
+def test_store_fill_stops_at_the_budget(llama_lm):
+    tok = llama_lm.tokenizer
+    seqs = [tok(t)["input_ids"] for t in TEXTS]
+    one = PrefixStore().prefixes(llama_lm, [0], seqs[:1])[0].nbytes
+    store = PrefixStore(budget_mb=2.5 * one / 2**20, batch_tokens=len(max(seqs, key=len)))  # one row per batch
+    assert store.fill(llama_lm, list(range(4)), seqs) == 2 and store.used <= store.budget
+    full = PrefixStore().prefixes(llama_lm, list(range(4)), seqs)
+    for got, ref in zip(store.prefixes(llama_lm, list(range(4)), seqs), full):  # the rest recomputed on demand
+        assert torch.allclose(got, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_tokens"):
+        PrefixStore(batch_tokens=0)
+
+
+def test_reused_workspace_keeps_earlier_graphs_intact(llama_lm):
+    """Two forward passes share the store's collate workspace before either backward: gradients stay right."""
+    torch.manual_seed(0)
+    v = torch.randn(len(PROMPTS), llama_lm.num_layers, llama_lm.hidden_size, requires_grad=True)
+    ref = [loss_and_grad(fast_answer_loss, llama_lm, PROMPTS[::k], TARGETS[::k], v[::k], 0.5, store=PrefixStore())
+           for k in (1, 2)]
+    store = PrefixStore()
+    losses = [fast_answer_loss(llama_lm, PROMPTS[::k], TARGETS[::k], Injection(v[::k], scale=0.5), store=store)
+              for k in (1, 2)]
+    assert store.stats()["stored"] == 3
+    for k, loss, (ref_loss, ref_grad) in zip((1, 2), losses, ref):
+        assert torch.equal(loss.detach(), ref_loss)
+        assert torch.allclose(torch.autograd.grad(loss, v)[0][::k], ref_grad, atol=1e-7)

@@ -123,6 +123,42 @@ def test_positions_all_uses_naive_path(lm):
     assert df.attrs["prefix_cache"]["stored"] == 0 and math.isfinite(df.train_loss[0])
 
 
+def test_mixed_precision_generator_trains(lm):
+    """generator_precision="bfloat16": the generator runs under autocast, the LLM gets float32 vectors, it learns."""
+    from workbench.training import Batcher, PrefixStore
+
+    config = TrainConfig(epochs=3, generator_precision="bfloat16", **FAST)
+    gen = generator(lm)
+    batcher = Batcher(lm, training_examples([TASK], n_train=2), config, PrefixStore(), "t")
+    assert batcher.vectors(gen, [0, 1]).dtype == torch.float32
+    df = train_atv(lm, gen, [TASK], config, progress=False)
+    assert df.train_loss.iloc[-1] < df.train_loss.iloc[0] and all(p.dtype == torch.float32 for p in gen.parameters())
+    with pytest.raises(ValueError, match="generator_precision 'fp8'.*bfloat16"):
+        TrainConfig(generator_precision="fp8").validate()
+
+
+def test_shared_generator_text_is_encoded_once(lm):
+    """With the official generator input an item's templates share one text: one generator row, as the official
+    loop computes one vector per item."""
+    from workbench.training import Batcher, PrefixStore
+
+    config = TrainConfig(generator_input="official", **FAST)
+    batcher = Batcher(lm, training_examples([TASK], n_train=2, generator_input="official"), config, PrefixStore(), "t")
+    gen = generator(lm).eval()
+    rows = []
+    gen.register_forward_hook(lambda m, args, out: rows.append(out.shape[0]))
+    vectors = batcher.vectors(gen, range(6))
+    assert rows == [2] and all(torch.equal(vectors[i], vectors[i + 1]) for i in (0, 1, 3, 4))
+    assert torch.allclose(vectors, gen([e.generator_text for e in batcher.examples]), atol=1e-6)
+
+
+def test_optimizer_is_adam_fused_where_available(lm):
+    from workbench.training import make_optimizer
+
+    opt = make_optimizer([torch.nn.Parameter(torch.zeros(3))], TrainConfig())
+    assert type(opt) is torch.optim.Adam and opt.defaults["fused"] and opt.defaults["weight_decay"] == 1e-5
+
+
 @pytest.mark.parametrize("scale", [math.nan, math.inf, 0.0, -1e-3])
 def test_bad_scale(lm, scale):
     with pytest.raises(ValueError, match="scale must be a positive finite"):

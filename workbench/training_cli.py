@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
-from .training import ENCODER_MODES, TrainConfig, train_atv
+from .training import ENCODER_MODES, GENERATOR_PRECISIONS, TrainConfig, train_atv
+
+CHOICES = {"encoder_train_mode": ENCODER_MODES, "generator_precision": GENERATOR_PRECISIONS}
 
 
 @dataclass(frozen=True)
@@ -74,14 +76,20 @@ def _in_domain() -> tuple[str, ...]:
 #: 1e-2: 6.92 / 0.00, 5e-2: 1.25 / 0.42, 2e-1: 1.15 / 0.47 (valid loss already rising in epoch 2). The paper's 1e-3
 #: is far too small for MiniLM's states on SmolLM2's residual stream within a few epochs.
 CPU_DEMO_SCALE = 0.05
+#: The generator runs under bf16 autocast on cpu-demo (weights and the LLM stay float32): with the LLM's prefixes
+#: cached, MiniLM's forward/backward is most of a step and bf16 halves it. Same curve as float32 (`python -m
+#: workbench train --preset cpu-demo --generator-precision float32|bfloat16`): valid loss 1.237/0.882/0.798/0.749
+#: vs 1.237/0.883/0.798/0.749, epochs 15.8 s vs 11 s.
 presets: Presets = Presets(
     paper=Preset("paper", "meta-llama/Meta-Llama-3-8B", "gpt2", _in_domain(), TrainConfig(), dtype="float16",
                  description="the paper's setting: GPT-2 generator, Llama-3-8B (fp16), 20 in-domain tasks, 15 epochs"),
     **{"cpu-demo": Preset(
         "cpu-demo", "smollm2-135m", "minilm-l6",
         ("glue_sst2", "bbh_boolean_expressions", "ethics_justice", "crows_pairs"),
-        TrainConfig(epochs=4, n_train=32, batch_size=8, scale=CPU_DEMO_SCALE, valid_items=8),
-        description="embedded SmolLM2-135M + MiniLM-L6, 4 short-prompt tasks, 32 items each, 4 epochs, batch 8")},
+        TrainConfig(epochs=4, n_train=32, batch_size=8, scale=CPU_DEMO_SCALE, valid_items=8,
+                    generator_precision="bfloat16"),
+        description="embedded SmolLM2-135M + MiniLM-L6, 4 short-prompt tasks, 32 items each, 4 epochs, batch 8, "
+                    "bf16-autocast generator")},
 )
 
 
@@ -98,6 +106,7 @@ OVERRIDES = {  # flag -> (TrainConfig field, type)
     "--batch-size": ("batch_size", int), "--seed": ("seed", int), "--valid-items": ("valid_items", int),
     "--cache-budget-mb": ("cache_budget_mb", float), "--positions": ("positions", str),
     "--generator-input": ("generator_input", str), "--encoder-mode": ("encoder_train_mode", str),
+    "--generator-precision": ("generator_precision", str),
 }
 
 
@@ -114,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, help="torch CPU threads (use 1 when other jobs share the cores)")
     for flag, (name, kind) in OVERRIDES.items():
-        extra = {"choices": ENCODER_MODES} if name == "encoder_train_mode" else {}
+        extra = {"choices": CHOICES[name]} if name in CHOICES else {}
         parser.add_argument(flag, type=kind, dest=name, help=f"override TrainConfig.{name}", **extra)
 
 
