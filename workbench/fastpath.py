@@ -83,7 +83,7 @@ class PrefixStore:
         many are stored."""
         from tqdm.auto import tqdm
 
-        todo = [i for i, k in enumerate(keys) if k not in self._data]
+        todo = [i for i, k in enumerate(keys) if k not in self._data] if self.budget > 0 else []
         bar = tqdm(total=len(todo), desc="prefix cache", leave=False, disable=not progress)
         with bar:
             for chunk, kvs in self._compute(lm, seqs, heads, todo):

@@ -272,8 +272,9 @@ def train_atv(
 ) -> pd.DataFrame:
     """Train `generator` to steer the frozen `lm` on `tasks`; returns one row per epoch (epoch, train_loss,
     valid_loss, valid_acc, seconds, examples_per_s); ``df.attrs`` holds the config, the validation before training
-    and prefix-cache statistics. A checkpoint is written atomically after every epoch when a checkpoint folder is
-    given; ``resume=True`` continues from it. `callback(df)` runs after every epoch (e.g. a live plot)."""
+    and prefix-cache statistics (``seconds``: the prefix pass before the first epoch, not in the epochs' seconds).
+    A checkpoint is written atomically after every epoch when a checkpoint folder is given; ``resume=True``
+    continues from it. `callback(df)` runs after every epoch (e.g. a live plot)."""
     config = (config or TrainConfig()).validate()
     if not isinstance(generator, ATVGenerator):
         raise ValueError(f"generator must be a wb.ATVGenerator, got {type(generator).__name__}")  # noqa: TRY004
