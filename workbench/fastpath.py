@@ -7,9 +7,9 @@ in a :class:`PrefixStore` across epochs within a memory budget (past it, they ar
 :meth:`PrefixStore.fill` computes them all before training). Each training step collates the batch's prefixes
 into one left-padded ``DynamicCache`` and runs only ``[last prompt token, answer tokens except the last]`` (right
 padded) through the LLM with autograd, the vector injected at the first suffix column through nnsight; position
-ids continue from each row's real prefix length. The collated cache is built fresh per step (one memcpy of the
-batch's prefixes) and dropped afterwards: ``DynamicCache.crop`` would leave views of autograd-tracked tensors in
-the cache, while the stored prefixes are never mutated, so neither a deep copy nor a crop is needed.
+ids continue from each row's real prefix length. The collated cache is copied per step into the store's reusable
+workspace (one copy per example; see :func:`collate`): the stored prefixes are never mutated, so neither a deep
+copy nor ``DynamicCache.crop`` (which would leave views of autograd-tracked tensors in the cache) is needed.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class PrefixStore:
 
     def _compute(self, lm: LanguageModel, seqs: Sequence[Sequence[int]], heads: Sequence[int] | None,
                  todo: Sequence[int]) -> Iterator[tuple[list[int], list[KV]]]:
-        """(indices, their prefix caches) in batches: grouped by shared head, sorted by length."""
+        """(indices, their prefix caches) in batches: grouped by shared head, then length-bucketed."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for i in todo:
             groups.setdefault(tuple(seqs[i][: heads[i] if heads else 0]), []).append(i)

@@ -195,7 +195,7 @@ def validate(generator: ATVGenerator, batcher: Batcher | None) -> tuple[float, f
 
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """Adam (the paper's and official code's optimizer), with torch's fused kernel where the device has one: the
-    same update in one pass over the weights (10x less time per step than the default on this CPU)."""
+    same update in one pass over the weights (``benchmarks/train_components.py`` times both)."""
     try:
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, ValueError):
