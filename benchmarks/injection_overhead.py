@@ -18,9 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import workbench as wb  # noqa: E402
-from workbench.inference import encode  # noqa: E402
 from reference_hooks import hooked  # noqa: E402
+
+import workbench as wb  # noqa: E402
+from workbench.core.inference import encode  # noqa: E402
 
 SENTENCE = "The committee reviewed the proposal in detail and raised several questions about the budget. "
 

@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workbench.examples import tokenize_pair, training_examples
-from workbench.fastpath import PrefixStore, collate, head_lengths, prefix_kvs
-from workbench.training import generator_autocast, make_optimizer
-from workbench.training_cli import get_preset
+from workbench.atv.examples import tokenize_pair, training_examples
+from workbench.atv.fastpath import PrefixStore, collate, head_lengths, prefix_kvs
+from workbench.atv.presets import get_preset
+from workbench.atv.training import generator_autocast, make_optimizer
 
 
 def median_seconds(fn, repeats: int, between=None) -> float:

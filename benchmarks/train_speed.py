@@ -29,10 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workbench.examples import Example, pair_losses, tokenize_pair, training_examples
-from workbench.injection import Injection
-from workbench.training import GENERATOR_PRECISIONS, generator_autocast, group_items, train_atv
-from workbench.training_cli import get_preset
+from workbench.atv.examples import Example, tokenize_pair, training_examples
+from workbench.atv.loss import pair_losses
+from workbench.atv.presets import get_preset
+from workbench.atv.training import GENERATOR_PRECISIONS, generator_autocast, group_items, train_atv
+from workbench.core.interventions import Injection
 
 
 def official_rate(lm, generator, examples: list[Example], config) -> float:

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from workbench.testing import tiny_model
+from workbench.core.testing import tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

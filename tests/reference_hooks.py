@@ -35,7 +35,7 @@ def hooked(layers, deltas: dict[int, torch.Tensor], positions: str, attention_ma
 
 def hook_logits(lm, prompts, vectors, scale, layer_ids, positions="last"):
     """Last-position logits with the injection done by plain hooks on the HF model."""
-    from workbench.inference import encode
+    from workbench.core.inference import encode
 
     enc = encode(lm, prompts)
     deltas = {i: scale * (vectors[:, i] if vectors.dim() == 3 else vectors[i]) for i in layer_ids}

@@ -1,4 +1,4 @@
-"""``python -m workbench.data``: prepare --from copies and validates atomically; --hub with a fake loader; check."""
+"""``python -m workbench data``: prepare --from copies and validates atomically; --hub with a fake loader; check."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from workbench import data as D
-from workbench import hub_builders as H
-from workbench.tasks import load_task, resolve_data_dir
+from workbench import cli
+from workbench.tasks import hub_builders as H
+from workbench.tasks import prepare as D
+from workbench.tasks.registry import load_task, resolve_data_dir
 
 SMALL = ["glue_mnli", "bbh_boolean_expressions", "deepmind"]
 
@@ -18,13 +19,13 @@ SMALL = ["glue_mnli", "bbh_boolean_expressions", "deepmind"]
 def test_prepare_from_copies_bytes(tmp_path, capsys):
     src = resolve_data_dir()
     dst = tmp_path / "tasks"
-    assert D.main(["prepare", "--from", str(src), "--to", str(dst), "--tasks", *SMALL]) == 0
+    assert cli.main(["data", "prepare", "--from", str(src), "--to", str(dst), "--tasks", *SMALL]) == 0
     assert "3 task file(s) written" in capsys.readouterr().out
     for name in SMALL:
         assert (dst / f"{name}.json").read_bytes() == (src / f"{name}.json").read_bytes()
         assert load_task(name, data_dir=dst).test == load_task(name).test
     assert sorted(p.name for p in dst.iterdir()) == sorted(f"{n}.json" for n in SMALL)  # no temp files left
-    assert D.main(["check", "--dir", str(dst)]) == 0
+    assert cli.main(["data", "check", "--dir", str(dst)]) == 0
     assert "3 task files OK" in capsys.readouterr().out
 
 
@@ -43,19 +44,12 @@ def test_prepare_rejects_bad_file_and_writes_nothing(tmp_path, capsys):
     bad = {"train": [{"input": "x", "output": "True"}], "valid": [{"input": "x"}], "test": [{"input": "x", "output": "True"}]}
     (src / "glue_qnli.json").write_text(json.dumps(bad))
     dst = tmp_path / "dst"
-    assert D.main(["prepare", "--from", str(src), "--to", str(dst)]) == 1
+    assert cli.main(["data", "prepare", "--from", str(src), "--to", str(dst)]) == 2
     err = capsys.readouterr().err
     assert "glue_qnli.json" in err and "split 'valid' item 0: missing key 'output'" in err
     assert not dst.exists()
-    assert D.main(["prepare", "--from", str(src), "--to", str(dst), "--tasks", "boolq"]) == 1
+    assert cli.main(["data", "prepare", "--from", str(src), "--to", str(dst), "--tasks", "boolq"]) == 2
     assert "no task file for ['boolq']" in capsys.readouterr().err
-
-
-def test_write_atomic_replaces(tmp_path):
-    p = tmp_path / "x.json"
-    D.write_atomic(p, b"old")
-    D.write_atomic(p, b"new")
-    assert p.read_bytes() == b"new" and [q.name for q in tmp_path.iterdir()] == ["x.json"]
 
 
 def test_prepare_hub_with_fake_loader(tmp_path):
@@ -81,10 +75,10 @@ def test_prepare_hub_with_fake_loader(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
 def test_module_entry_point(monkeypatch, capsys):
-    """``python -m workbench.data`` runs ``main`` (in-process via runpy: a subprocess would re-import torch)."""
-    monkeypatch.setattr(sys, "argv", ["workbench.data", "prepare", "--help"])
+    """``python -m workbench data`` runs ``main`` (in-process via runpy: a subprocess would re-import torch)."""
+    monkeypatch.setattr(sys, "argv", ["workbench", "data", "prepare", "--help"])
     with pytest.raises(SystemExit) as e:
-        runpy.run_module("workbench.data", run_name="__main__")
+        runpy.run_module("workbench", run_name="__main__")
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--hub" in out and "--from" in out

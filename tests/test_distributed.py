@@ -27,9 +27,9 @@ CONFIG = {"epochs": 2, "n_train": 8, "batch_size": 4, "scale": 1.0, "lr": 1e-2, 
 def run(out: Path | None = None):
     from test_training import TASK, WORDS, generator
 
-    from workbench.examples import training_examples
-    from workbench.testing import tiny_model
-    from workbench.training import TrainConfig, train_atv
+    from workbench.atv.examples import training_examples
+    from workbench.atv.training import TrainConfig, train_atv
+    from workbench.core.testing import tiny_model
 
     torch.set_num_threads(1)
     lm = tiny_model("llama", texts=WORDS + ["Review", "Text", "Q"])

@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_static_tv import single_thread, texts_for, toy_lm, toy_tasks  # noqa: F401 (autouse fixture)
 
-import workbench.evaluation as ev
-from workbench.inference import next_token_logits
+import workbench.eval.evaluate as ev
+from workbench.core.inference import next_token_logits
 from workbench.methods.elicit import ELICIT
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_hooks import hook_logits
 
 import workbench as wb
-
-from reference_hooks import hook_logits
 
 pytestmark = pytest.mark.embedded
 PROMPTS = ["What is the capital of France?\nA:", "The movie was wonderful. Is this sentence positive or negative?\nAnswer:"]

@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from workbench.batching import length_buckets
-from workbench.encoders import load_encoder
+from workbench.core.batching import length_buckets
+from workbench.core.encoders import load_encoder
 
 TEXTS = ["hello", "the movie was great and long and slow and sad, a film of many many words indeed",
          "a sad film", "world", "is this sentence positive or negative", "great"] * 2

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from workbench import cli
-from workbench.evaluation_cli import add_arguments, make_method, parse_prefixes, parse_tasks, parse_templates
+from workbench.cli.eval import add_arguments, make_method, parse_prefixes, parse_tasks, parse_templates
 from workbench.methods.prompting import BM25FewShot, FewShot, ZeroShot
 
 
@@ -40,7 +40,7 @@ def test_parsing():
     (["--method", "atv"], "needs --generator DIR"),
 ])
 def test_bad_inputs_fail_fast(argv, message, capsys, monkeypatch):
-    monkeypatch.setattr("workbench.evaluation_cli.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("workbench.cli.eval.load_model", lambda *a, **k: pytest.fail("model loaded"))
     assert cli.main(["eval", *argv]) == 2
     assert message in capsys.readouterr().err
 

@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.efficiency import PeakMemory, efficiency_table
-from workbench.evaluation import evaluate, sample_items, summarize, tables_like_paper
+from workbench.core.testing import tiny_model
+from workbench.eval.efficiency import PeakMemory, efficiency_table
+from workbench.eval.evaluate import evaluate, sample_items
+from workbench.eval.runs import RunConfigMismatch, finished_tasks, load_run
+from workbench.eval.tables import summarize, tables_like_paper
 from workbench.methods.prompting import FewShot, ZeroShot
-from workbench.prompts import PREFIXES
-from workbench.runs import RunConfigMismatch, finished_tasks, load_run
-from workbench.tasks import Item, Task
-from workbench.testing import tiny_model
+from workbench.tasks.prompts import PREFIXES
+from workbench.tasks.registry import Item, Task
 
 TEMPLATES = ["Review: {input}\nIs it positive or negative?", "{input}\nSentiment?", "Text: {input}"]
 WORDS = ["good fun film", "bad slow film", "great cast", "dull plot", "nice music", "awful ending"]

@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.examples import answer_loss, answer_losses, tokenize_pair
-from workbench.fastpath import PrefixStore, fast_answer_loss
-from workbench.injection import Injection
-from workbench.testing import tiny_model
+from workbench.atv.examples import tokenize_pair
+from workbench.atv.fastpath import PrefixStore, fast_answer_loss
+from workbench.atv.loss import answer_loss, answer_losses
+from workbench.core.interventions import Injection
+from workbench.core.testing import tiny_model
 
 TEXTS = ["the movie was great", "a sad and slow film", "hello world", "is this sentence positive or negative"]
 PROMPTS = ["the movie was great . A:", "the hello world is this sentence positive or negative ? A:", "the a"]
@@ -41,8 +42,8 @@ def test_fast_equals_naive_tiny(arch):
 
 
 def test_fast_path_generator_gradients_and_budget(llama_lm):
-    from workbench.encoders import load_encoder
-    from workbench.generator import ATVGenerator
+    from workbench.atv.generator import ATVGenerator
+    from workbench.core.encoders import load_encoder
 
     gen = ATVGenerator(load_encoder("scratch:1x32", tokenizer=llama_lm.tokenizer, seed=0), llama_lm).eval()
     grads = []
@@ -92,8 +93,8 @@ def test_bad_inputs(llama_lm):
 def test_fast_equals_naive_smollm(smollm):
     """SmolLM2 in float32: fast (batched, cached) vs naive (batch 1, no padding) within 1e-4. (The naive path on a
     left-padded batch is itself ~1e-4 off the float64 result; the fast path ~3e-6; in float64 both agree exactly.)"""
-    from workbench.examples import training_examples
-    from workbench.tasks import load_task
+    from workbench.atv.examples import training_examples
+    from workbench.tasks.registry import load_task
 
     examples = training_examples([load_task("glue_sst2"), load_task("crows_pairs")], n_train=1)[::2]
     prompts, targets = [e.prompt(smollm) for e in examples], [e.target for e in examples]
@@ -112,7 +113,7 @@ def test_fast_equals_naive_smollm(smollm):
 
 def test_batched_prefixes_equal_one_by_one(llama_lm):
     """Right-padded batches (with and without a shared head) give each sequence's keys/values computed alone."""
-    from workbench.fastpath import prefix_kvs
+    from workbench.atv.fastpath import prefix_kvs
 
     tok = llama_lm.tokenizer
     head = tok("the movie was")["input_ids"]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.encoders import load_encoder
-from workbench.generator import ATVGenerator, CheckpointMismatch, lora_parameter_count
-from workbench.injection import Injection
+from workbench.atv.generator import ATVGenerator, CheckpointMismatch
+from workbench.core.architectures import lora_parameter_count
+from workbench.core.encoders import load_encoder
+from workbench.core.interventions import Injection
+from workbench.core.testing import tiny_model
 from workbench.methods.atv import ATV
 from workbench.methods.base import Method
-from workbench.testing import tiny_model
 
 TEXTS = ["the movie was great", "a sad and slow film", "hello world"]
 
@@ -104,8 +105,8 @@ def test_atv_method_prepare(llama_lm):
 
 
 def test_atv_runs_in_evaluate(llama_lm):
-    from workbench.evaluation import evaluate
-    from workbench.tasks import load_task
+    from workbench.eval.evaluate import evaluate
+    from workbench.tasks.registry import load_task
 
     df = evaluate(llama_lm, ATV(make(llama_lm), scale=0.5), [load_task("glue_sst2")], n_test=2, templates=[0],
                   prefixes=["A:"], progress=False)

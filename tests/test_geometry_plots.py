@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench import geometry, plots
+from workbench.analysis import geometry
+from workbench.ui import plots
 
 
 def test_layer_norms_match_manual():

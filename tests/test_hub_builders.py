@@ -12,8 +12,8 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
-from workbench import hub_builders as H  # noqa: E402
-from workbench.tasks import load_task  # noqa: E402
+from workbench.tasks import hub_builders as H  # noqa: E402
+from workbench.tasks.registry import load_task  # noqa: E402
 
 Dataset, DatasetDict = datasets.Dataset, datasets.DatasetDict
 

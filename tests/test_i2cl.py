@@ -6,10 +6,11 @@ import pytest
 import torch
 from test_static_tv import single_thread, texts_for, toy_lm, toy_tasks  # noqa: F401 (autouse fixture)
 
-import workbench.evaluation as ev
-from workbench.inference import encode, next_token_logits
-from workbench.methods.demos import first_output, per_class_demos, single_demos
-from workbench.methods.i2cl import I2CL, ContextInjection, warmup_cosine
+import workbench.eval.evaluate as ev
+from workbench.core.inference import encode, next_token_logits
+from workbench.core.interventions import ContextInjection, first_output
+from workbench.methods.demos import per_class_demos, single_demos
+from workbench.methods.i2cl import I2CL, warmup_cosine
 
 
 @pytest.fixture(scope="module")

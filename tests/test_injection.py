@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from reference_hooks import hook_logits
 
 import workbench as wb
-from workbench.injection import thirds
-from workbench.inference import encode
-
-from reference_hooks import hook_logits
+from workbench.core.inference import encode
+from workbench.core.interventions import thirds
 
 PROMPTS = ["the movie was great", "hello", "a sad and slow film is this sentence positive or negative"]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_static_tv import single_thread, toy_lm, toy_tasks  # noqa: F401 (autouse fixture)
 
-import workbench.evaluation as ev
-from workbench.inference import next_token_logits
+import workbench.eval.evaluate as ev
+from workbench.core.inference import next_token_logits
 from workbench.methods.lora import LoRA
 
 PROMPTS = ["Review: good movie 1\nA:", "Question: bad film 2\nA:", "Claim: nice cast\nA:"]

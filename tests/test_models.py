@@ -7,9 +7,10 @@ import torch
 from transformers import BertConfig, BertModel
 
 import workbench as wb
-from workbench.encoders import Encoder
-from workbench.models import LAYER_PATHS, find_layer_path, wrap_model
-from workbench.testing import TINY_CONFIGS, tiny_model, tiny_tokenizer
+from workbench.core.architectures import ARCHITECTURES, architecture_of
+from workbench.core.encoders import Encoder
+from workbench.core.models import wrap_model
+from workbench.core.testing import TINY_CONFIGS, tiny_model, tiny_tokenizer
 
 
 @pytest.mark.parametrize("arch", sorted(TINY_CONFIGS))
@@ -24,7 +25,7 @@ def test_every_supported_architecture_finds_its_blocks(arch):
 def test_unknown_architecture_names_class_and_supported():
     cfg = BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
     with pytest.raises(ValueError, match=r"BertModel.*gpt2.*llama"):
-        find_layer_path(BertModel(cfg))
+        architecture_of(BertModel(cfg))
 
 
 def test_local_folder_roundtrip(tmp_path):
@@ -82,7 +83,7 @@ def test_bad_encoder_raises(name, kwargs, match):
 
 def test_layer_paths_cover_required_families():
     for family in ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi"):
-        assert family in LAYER_PATHS
+        assert family in ARCHITECTURES
 
 
 def test_wrap_model_freezes():

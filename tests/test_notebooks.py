@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.pipeline import DEMO_NOTEBOOKS, run_notebook
-from workbench.testing import tiny_model
+from workbench.core.testing import tiny_model
+from workbench.ui.notebooks import DEMO_NOTEBOOKS, run_notebook
 
 pytestmark = pytest.mark.notebook
 TASKS = ["glue_sst2", "superglue_rte"]
@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny random Llama with a word-level tokenizer, saved as a Hugging Face folder (what hub ids load through)."""
-    from workbench.tasks import load_task
+    from workbench.tasks.registry import load_task
 
     texts = [item.input for name in TASKS for item in load_task(name).train[:30]]
     lm = tiny_model("llama", texts=texts, max_position_embeddings=4096)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from workbench.core.testing import tiny_model
 from workbench.methods.prompting import BM25FewShot, FewShot, ZeroShot, fewshot_prompt
-from workbench.prompts import build_text
-from workbench.tasks import Item, Task
-from workbench.testing import tiny_model
+from workbench.tasks.prompts import build_text
+from workbench.tasks.registry import Item, Task
 
 TEMPLATES = ["Review: {input}\nIs it positive or negative?", "{input}\nSentiment?", "Text: {input}"]
 TRAIN = [

@@ -6,8 +6,9 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from workbench import prompts as P
-from workbench.tasks import load_task, task_names
+from workbench.core import tokens
+from workbench.tasks import prompts as P
+from workbench.tasks.registry import load_task, task_names
 
 SIMPLE_CHAT = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -83,27 +84,27 @@ def test_variants_selection_and_errors():
 def test_apply_chat_template_like_official():
     tok = word_tokenizer()
     tok.chat_template = SIMPLE_CHAT
-    out = P.apply_chat_template(tok, "Q: hi\nA:")
+    out = tokens.apply_chat_template(tok, "Q: hi\nA:")
     assert out == "<|system|>You are a helpful chatbot.<|end|><|user|>Q: hi\nA:<|end|><|assistant|>"
-    assert P.apply_chat_template(tok, "x", system=None) == "<|user|>x<|end|><|assistant|>"
+    assert tokens.apply_chat_template(tok, "x", system=None) == "<|user|>x<|end|><|assistant|>"
     tok.chat_template = NO_SYSTEM_CHAT
-    assert P.apply_chat_template(tok, "x") == "<|user|>x<|assistant|>"
+    assert tokens.apply_chat_template(tok, "x") == "<|user|>x<|assistant|>"
     tok.chat_template = None
     with pytest.raises(ValueError, match="no chat_template"):
-        P.apply_chat_template(tok, "x")
+        tokens.apply_chat_template(tok, "x")
 
 
 def test_uses_chat_template_rule():
     tok = word_tokenizer()
-    assert not P.uses_chat_template("Meta-Llama-3-8B-Instruct", tok)
+    assert not tokens.uses_chat_template("Meta-Llama-3-8B-Instruct", tok)
     tok.chat_template = SIMPLE_CHAT
-    assert P.uses_chat_template("meta-llama/Meta-Llama-3-8B-Instruct", tok)
-    assert not P.uses_chat_template("meta-llama/Meta-Llama-3-8B", tok)
+    assert tokens.uses_chat_template("meta-llama/Meta-Llama-3-8B-Instruct", tok)
+    assert not tokens.uses_chat_template("meta-llama/Meta-Llama-3-8B", tok)
 
 
 def test_count_tokens():
     tok = word_tokenizer(["a b c"])
-    assert P.count_tokens(tok, ["a b c", "a"]) == [3, 1]  # this tokenizer has no BOS post-processor
-    assert P.count_tokens(tok, ["<s> a b"], add_special_tokens=False) == [3]
+    assert tokens.count_tokens(tok, ["a b c", "a"]) == [3, 1]  # this tokenizer has no BOS post-processor
+    assert tokens.count_tokens(tok, ["<s> a b"], add_special_tokens=False) == [3]
     with pytest.raises(TypeError):
-        P.count_tokens(tok, "a b")
+        tokens.count_tokens(tok, "a b")

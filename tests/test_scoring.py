@@ -10,7 +10,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from workbench import scoring as S
+from workbench.eval import scoring as S
+from workbench.tasks import answers as A
 
 CORPUS = ["Question: Is this wrong? Answer Yes or No.\nA: Yes", "The answer is B", "Options:\nA. x\nB. y",
           "positive negative True False Neither No Yes A B C D"] * 5
@@ -39,28 +40,28 @@ def sentencepiece_like() -> PreTrainedTokenizerFast:
 def test_target_first_token_bpe_matches_in_context():
     tok = bpe_tokenizer()
     for out in ["Yes", "No", "B", "positive", "Neither"]:
-        alone = S.target_first_token(tok, out)
+        alone = A.target_first_token(tok, out)
         assert alone == tok(" " + out, add_special_tokens=False)["input_ids"][0]
-        assert S.target_first_token(tok, out, prompt="Question: Is this wrong?\nA:") == alone
+        assert A.target_first_token(tok, out, prompt="Question: Is this wrong?\nA:") == alone
         assert tok.decode([alone]).startswith(" ")
 
 
 def test_target_first_token_sentencepiece_fallback():
     tok = sentencepiece_like()
     assert tok(" A", add_special_tokens=False)["input_ids"] == [1, 2]  # bare '▁' first, as Llama-2 does
-    assert S.target_first_token(tok, "A") == 2
-    assert S.target_first_token(tok, "A", prompt="A:") == 2
-    assert S.label_token_ids(tok, ["A", "B"]) == [2, 3]
+    assert A.target_first_token(tok, "A") == 2
+    assert A.target_first_token(tok, "A", prompt="A:") == 2
+    assert A.label_token_ids(tok, ["A", "B"]) == [2, 3]
 
 
 def test_label_token_ids_rejects_shared_first_token():
     tok = bpe_tokenizer()
-    ids = S.label_token_ids(tok, ["Yes", "No"])
+    ids = A.label_token_ids(tok, ["Yes", "No"])
     assert len(set(ids)) == 2
     sp = sentencepiece_like()
     sp.backend_tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"▁Ye|\w+|▁|[^\w▁]"), behavior="isolated")
     with pytest.raises(ValueError, match="share their first token"):
-        S.label_token_ids(sp, ["Yes", "Yellow"])
+        A.label_token_ids(sp, ["Yes", "Yellow"])
 
 
 def test_score_logits_hand_made():
@@ -121,8 +122,3 @@ def test_consistency_formula():
         S.consistency(df.drop(columns="item"))
 
 
-def test_summarize():
-    out = S.summarize(records())
-    assert out.loc["t1", "accuracy"] == pytest.approx(2 / 6)
-    assert out.loc["t2", "format_adherence"] == 1.0
-    assert out.loc["t2", "n"] == 5 and "consistency" in out.columns

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import workbench.evaluation as ev
-from workbench.inference import last_token_states, next_token_logits
-from workbench.injection import Injection
+import workbench.eval.evaluate as ev
+from workbench.core.inference import last_token_states, next_token_logits
+from workbench.core.interventions import Injection
+from workbench.core.testing import tiny_model
 from workbench.methods.static import StaticTaskVector
-from workbench.prompts import build_text
-from workbench.tasks import Item, Task
-from workbench.testing import tiny_model
+from workbench.tasks.prompts import build_text
+from workbench.tasks.registry import Item, Task
 
 WORDS = ["good movie", "bad film", "great plot", "slow story", "nice cast", "dull scene", "fine song", "weak end"]
 
@@ -80,7 +80,7 @@ def test_replace_mode_sets_last_token_state(setup):
     lm, tasks, _ = setup
     method = StaticTaskVector(k=3, n_prompts=2, mode="replace", layers=[1]).fit(lm, tasks[:1])
     batch = method.prepare(lm, tasks[0], tasks[0].test[:3], texts_for(tasks[0])[:3])
-    from workbench.inference import encode
+    from workbench.core.inference import encode
 
     enc = encode(lm, batch.prompts)
     saved = []

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench import comparison
+from workbench.analysis.sweeps import layer_label, sweep
+from workbench.core.testing import tiny_model
+from workbench.eval import compare as comparison
 from workbench.methods.base import PreparedBatch
-from workbench.sweeps import layer_label, sweep
-from workbench.testing import tiny_model
-from workbench.widgets import SteeringPanel
+from workbench.ui.widgets import SteeringPanel
 
 TASK = "glue_sst2"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench import tasks as T
+from workbench.tasks import registry as T
 
 
 def test_registry_matches_paper():
@@ -68,7 +68,7 @@ def test_template_resource_is_a_copy():
     shared = Path(T.repo_root()).parent / "shared" / "data" / "templates.json"
     if not shared.is_file():
         pytest.skip("no shared data folder")
-    packaged = Path(T.__file__).parent / "resources" / "templates.json"
+    packaged = Path(T.__file__).parents[1] / "resources" / "templates.json"
     assert packaged.read_bytes() == shared.read_bytes()
 
 
@@ -86,7 +86,7 @@ def test_resolve_data_dir_order(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     monkeypatch.setattr(T, "repo_root", lambda: repo)
     monkeypatch.delenv("ATV_DATA_DIR", raising=False)
-    with pytest.raises(FileNotFoundError, match="python -m workbench.data prepare"):
+    with pytest.raises(FileNotFoundError, match="python -m workbench data prepare"):
         T.resolve_data_dir()
     _write(tmp_path / "shared" / "data" / "tasks", "glue_qnli", GOOD)
     assert T.resolve_data_dir() == (tmp_path / "shared" / "data" / "tasks").resolve()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.theory import (
+from workbench.analysis.theory import (
     atv_increment,
     atv_to_lora,
     equivalence_sweep,

@@ -9,12 +9,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from workbench.encoders import load_encoder
-from workbench.examples import training_examples
-from workbench.generator import ATVGenerator
-from workbench.testing import tiny_model
-from workbench.training import TrainConfig, latest_checkpoint, train_atv
-from workbench.training_cli import add_arguments, build, get_preset, presets
+from workbench.atv.checkpoints import latest_checkpoint
+from workbench.atv.examples import training_examples
+from workbench.atv.generator import ATVGenerator
+from workbench.atv.presets import get_preset, presets
+from workbench.atv.training import TrainConfig, train_atv
+from workbench.cli.train import add_arguments, build
+from workbench.core.encoders import load_encoder
+from workbench.core.testing import tiny_model
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
 ITEMS = [(f"{a} {b}", "positive" if i % 2 else "negative") for i, (a, b) in enumerate(zip(WORDS, WORDS[3:] + WORDS[:3]))]
@@ -125,7 +127,8 @@ def test_positions_all_uses_naive_path(lm):
 
 def test_mixed_precision_generator_trains(lm):
     """generator_precision="bfloat16": the generator runs under autocast, the LLM gets float32 vectors, it learns."""
-    from workbench.training import Batcher, PrefixStore
+    from workbench.atv.fastpath import PrefixStore
+    from workbench.atv.training import Batcher
 
     config = TrainConfig(epochs=3, generator_precision="bfloat16", **FAST)
     gen = generator(lm)
@@ -140,7 +143,8 @@ def test_mixed_precision_generator_trains(lm):
 def test_shared_generator_text_is_encoded_once(lm):
     """With the official generator input an item's templates share one text: one generator row, as the official
     loop computes one vector per item."""
-    from workbench.training import Batcher, PrefixStore
+    from workbench.atv.fastpath import PrefixStore
+    from workbench.atv.training import Batcher
 
     config = TrainConfig(generator_input="official", **FAST)
     batcher = Batcher(lm, training_examples([TASK], n_train=2, generator_input="official"), config, PrefixStore(), "t")
@@ -153,7 +157,7 @@ def test_shared_generator_text_is_encoded_once(lm):
 
 
 def test_optimizer_is_adam_fused_where_available(lm):
-    from workbench.training import make_optimizer
+    from workbench.atv.training import make_optimizer
 
     opt = make_optimizer([torch.nn.Parameter(torch.zeros(3))], TrainConfig())
     assert type(opt) is torch.optim.Adam and opt.defaults["fused"] and opt.defaults["weight_decay"] == 1e-5

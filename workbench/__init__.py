@@ -8,18 +8,19 @@
     wb.summarize(df)
 """
 
-from . import methods
-from .efficiency import efficiency_table
-from .encoders import Encoder, load_encoder
-from .evaluation import evaluate, summarize, tables_like_paper
-from .generator import ATVGenerator
-from .inference import generate, last_token_states, next_token_logits
-from .injection import Injection, resolve_layers
-from .methods.base import Method, PreparedBatch
-from .models import LanguageModel, load_model
-from .tasks import Task, load_task, task_names
-from .training import TrainConfig, train_atv
-from .training_cli import presets
+from workbench import methods
+from workbench.atv.generator import ATVGenerator
+from workbench.atv.presets import presets
+from workbench.atv.training import TrainConfig, train_atv
+from workbench.core.encoders import Encoder, load_encoder
+from workbench.core.inference import generate, last_token_states, next_token_logits
+from workbench.core.interventions import Injection, resolve_layers
+from workbench.core.models import LanguageModel, load_model
+from workbench.eval.efficiency import efficiency_table
+from workbench.eval.evaluate import evaluate
+from workbench.eval.tables import summarize, tables_like_paper
+from workbench.methods.base import Method, PreparedBatch
+from workbench.tasks.registry import Task, load_task, task_names
 
 __all__ = [
     "ATVGenerator", "Encoder", "Injection", "LanguageModel", "Method", "PreparedBatch", "Task", "TrainConfig",

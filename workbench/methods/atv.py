@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..generator import ATVGenerator, check_compatible
-from ..injection import Injection, LayerSpec, check_positions, check_scale
-from .base import Method, PreparedBatch
+from workbench.atv.generator import ATVGenerator, check_compatible
+from workbench.core.interventions import Injection, LayerSpec, check_positions, check_scale
+from workbench.methods.base import Method, PreparedBatch
 
 if TYPE_CHECKING:
-    from ..models import LanguageModel
+    from workbench.core.models import LanguageModel
 
 
 class ATV(Method):
-    """Adaptive task vectors from a trained :class:`~workbench.generator.ATVGenerator`.
+    """Adaptive task vectors from a trained :class:`~workbench.atv.generator.ATVGenerator`.
 
     ``scale``, ``layers`` and ``positions`` default to what the generator was trained with (recorded in its
     checkpoint), else the paper's λ = 1e-3, all layers, last token.

@@ -16,22 +16,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from workbench.core.interventions import Intervention
 
 if TYPE_CHECKING:
-    from ..models import LanguageModel
-
-
-class Intervention(Protocol):
-    """Something that edits activations inside an nnsight trace of ``lm``.
-
-    ``apply`` is called inside ``lm.nn.trace(...)`` for the rows ``rows`` of the prepared batch, with the
-    left-padded ``attention_mask`` [b, T] of that sub-batch. It must touch modules in forward order.
-    """
-
-    def apply(self, lm: "LanguageModel", rows: slice, attention_mask: Any) -> None: ...
-
-    def describe(self) -> dict: ...
+    from workbench.core.models import LanguageModel
 
 
 @dataclass

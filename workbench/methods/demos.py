@@ -7,7 +7,7 @@
   demonstration (question + answer) and the last-token outputs of every layer's attention and MLP modules;
 * :func:`sublayers` — the nnsight envoys of a block's attention and MLP modules for every supported architecture.
 
-Texts follow :mod:`workbench.prompts` (a question is ``template.format(input) + "\\n" + prefix``, its answer
+Texts follow :mod:`workbench.tasks.prompts` (a question is ``template.format(input) + "\\n" + prefix``, its answer
 ``" " + output``); k-shot prompts are :func:`workbench.methods.prompting.fewshot_prompt`, the FewShot baseline's
 format (demonstrations and query joined by blank lines, the whole rendered with ``lm.render``).
 """
@@ -22,16 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..inference import batches, encode, last_token_states
-from ..prompts import TRAIN_PREFIX, build_text, target_text
-from .prompting import fewshot_prompt
+from workbench.core.inference import batches, encode, last_token_states
+from workbench.core.interventions import first_output, sublayers
+from workbench.methods.prompting import fewshot_prompt
+from workbench.tasks.prompts import TRAIN_PREFIX, build_text, target_text
 
 if TYPE_CHECKING:
-    from ..models import LanguageModel
-
-#: Attribute names of the attention module inside a decoder block, by architecture family.
-ATTENTION_NAMES = ("self_attn", "attn", "attention")
-
+    from workbench.core.models import LanguageModel
 
 def task_rng(seed: int, name: str) -> random.Random:
     """A per-task RNG derived from `seed` and the task name (stable across processes)."""
@@ -124,25 +121,6 @@ def single_demos(lm: LanguageModel, task: Any, items: Sequence[Any], template: i
     """One prompt per demonstration: the rendered question followed by its answer (I2CL's split demonstrations)."""
     tpl = task.templates[template]
     return [lm.render(build_text(tpl, it.input, prefix)) + target_text(it.output) for it in items]
-
-
-def sublayers(lm: LanguageModel, layer: int) -> tuple[Any, Any]:
-    """(attention, MLP) nnsight envoys of decoder block `layer`.
-
-    Inside a trace, ``attention.output`` is a tuple ``(attn_output, weights)`` on every supported architecture and
-    ``mlp.output`` a tensor ``[B, T, d]`` (checked on the tiny models, nnsight 0.8 + transformers 5).
-    """
-    block = lm.layers[layer]
-    name = next((n for n in ATTENTION_NAMES if hasattr(block, n)), None)
-    if name is None or not hasattr(block, "mlp"):
-        raise ValueError(f"{type(block).__name__} has no attention ({'/'.join(ATTENTION_NAMES)}) or mlp submodule")
-    envoy = lm.nn_layer(layer)
-    return getattr(envoy, name), envoy.mlp
-
-
-def first_output(value: Any) -> torch.Tensor:
-    """The hidden-state tensor of a module output (first element of a tuple output)."""
-    return value[0] if isinstance(value, tuple) else value
 
 
 def sublayer_outputs(lm: LanguageModel, texts: Sequence[str], batch_size: int = 8) -> torch.Tensor:

@@ -7,7 +7,7 @@ fit (per in-domain task):
 2. best layer: zero-shot sweep on `n_valid` valid items, ``h + strength * v`` at the last token of one layer,
    ``v`` = the mean library state of the task at that layer (every `layer_stride`-th layer); the most accurate
    layer wins, ties broken by the mean log-probability of the target token (the official code takes the first);
-3. retriever: the library prompts' queries embedded with MiniLM (:mod:`workbench.retrieval`; the official
+3. retriever: the library prompts' queries embedded with MiniLM (:mod:`workbench.tasks.retrieval`; the official
    SimCSE-RoBERTa pair classifier is not available). ``threshold="auto"`` sets the threshold from a recall target
    (default 0.8, as ELICIT) on held-out valid queries of the same tasks.
 
@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..inference import next_token_logits
-from ..injection import Injection, LayerSpec, resolve_layers
-from ..prompts import TRAIN_PREFIX, build_text
-from ..retrieval import DEFAULT_RETRIEVER, QueryIndex, recall_threshold
-from ..scoring import target_first_token
-from .base import Method, PreparedBatch
-from .demos import demo_prompts, mean_norms, prompt_states, task_rng, zero_shot_texts
+from workbench.core.inference import next_token_logits
+from workbench.core.interventions import Injection, LayerSpec, resolve_layers
+from workbench.methods.base import Method, PreparedBatch
+from workbench.methods.demos import demo_prompts, mean_norms, prompt_states, task_rng, zero_shot_texts
+from workbench.tasks.answers import target_first_token
+from workbench.tasks.prompts import TRAIN_PREFIX, build_text
+from workbench.tasks.retrieval import DEFAULT_RETRIEVER, QueryIndex, recall_threshold
 
 if TYPE_CHECKING:
-    from ..models import LanguageModel
+    from workbench.core.models import LanguageModel
 
 #: Held-out valid queries per task used to calibrate ``threshold="auto"``.
 N_HELD_OUT = 20

@@ -10,7 +10,7 @@
   warm-up, noise ``N(0, 1) * 0.001 * ||out||`` added during training. As in the ATV paper (B.2) one set of
   coefficients is shared by all tasks while each task keeps its own context vectors (`epochs` = 15 there).
 * Unseen tasks: each query uses the context vectors of the in-domain task owning the most similar calibration
-  question (MiniLM cosine similarity, :mod:`workbench.retrieval`).
+  question (MiniLM cosine similarity, :mod:`workbench.tasks.retrieval`).
 """
 
 from __future__ import annotations
@@ -23,63 +23,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ..inference import next_token_logits
-from ..injection import check_positions, position_mask
-from ..prompts import TRAIN_PREFIX, build_text
-from ..retrieval import DEFAULT_RETRIEVER, QueryIndex
-from ..scoring import target_first_token
-from .base import Method, PreparedBatch
-from .demos import first_output, mean_norms, per_class_demos, single_demos, sublayer_outputs, sublayers
+from workbench.core.inference import next_token_logits
+from workbench.core.interventions import MODULES, ContextInjection, check_positions
+from workbench.methods.base import Method, PreparedBatch
+from workbench.methods.demos import mean_norms, per_class_demos, single_demos, sublayer_outputs
+from workbench.tasks.answers import target_first_token
+from workbench.tasks.prompts import TRAIN_PREFIX, build_text
+from workbench.tasks.retrieval import DEFAULT_RETRIEVER, QueryIndex
 
 if TYPE_CHECKING:
-    from ..models import LanguageModel
-
-MODULES = ("attn", "mlp")
-
-
-class ContextInjection:
-    """``out <- b * out + a * cv`` on the attention and MLP outputs of every layer (an :class:`Intervention`).
-
-    vectors: ``[L, 2, d]`` (shared by the batch) or ``[B, L, 2, d]`` (one per prompt); coefs: ``[L, 2, 2]`` with
-    ``coefs[..., 0] = a`` and ``coefs[..., 1] = b``; gradients reach `coefs` when it requires grad.
-    """
-
-    def __init__(self, vectors: torch.Tensor, coefs: torch.Tensor, positions: str = "all", noise: float = 0.0):
-        if vectors.dim() not in (3, 4) or vectors.shape[-2] != 2:
-            raise ValueError(f"context vectors must be [L, 2, d] or [B, L, 2, d], got {tuple(vectors.shape)}")
-        if tuple(coefs.shape) != (vectors.shape[-3], 2, 2):
-            raise ValueError(f"coefs must be [L, 2, 2] = [{vectors.shape[-3]}, 2, 2], got {tuple(coefs.shape)}")
-        self.vectors, self.coefs, self.positions, self.noise = vectors, coefs, check_positions(positions), noise
-
-    @property
-    def requires_grad(self) -> bool:
-        return bool(self.coefs.requires_grad)
-
-    def check(self, lm: LanguageModel, n_prompts: int) -> None:
-        if tuple(self.vectors.shape[-3:]) != (lm.num_layers, 2, lm.hidden_size):
-            raise ValueError(f"context vectors {tuple(self.vectors.shape)} do not match L={lm.num_layers}, d={lm.hidden_size}")
-        if self.vectors.dim() == 4 and self.vectors.shape[0] != n_prompts:
-            raise ValueError(f"context vectors are for {self.vectors.shape[0]} prompts, got {n_prompts}")
-
-    def apply(self, lm: LanguageModel, rows: slice, attention_mask: torch.Tensor) -> None:
-        cv = (self.vectors[rows] if self.vectors.dim() == 4 else self.vectors[None]).to(lm.device, lm.dtype)
-        coefs = self.coefs.to(lm.device)
-        mask = position_mask(attention_mask.to(lm.device), self.positions, lm.dtype)
-        for layer in range(lm.num_layers):
-            for j, module in enumerate(sublayers(lm, layer)):
-                out = module.output
-                h = first_output(out)
-                a, b = coefs[layer, j, 0].to(h.dtype), coefs[layer, j, 1].to(h.dtype)
-                new = b * h + a * cv[:, None, layer, j, :]
-                if self.noise:
-                    new = new + torch.randn_like(new) * new.detach().norm(dim=-1, keepdim=True) * self.noise
-                new = h + mask * (new - h)
-                module.output = (new, *out[1:]) if isinstance(out, tuple) else new
-
-    def describe(self) -> dict:
-        return {"kind": "i2cl_linear", "modules": list(MODULES), "positions": self.positions,
-                "vectors_shape": list(self.vectors.shape), "coefs_shape": list(self.coefs.shape)}
-
+    from workbench.core.models import LanguageModel
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """LR multiplier: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""

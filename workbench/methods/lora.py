@@ -1,11 +1,11 @@
 """LoRA baseline (paper §4.5 / B.2, the I2CL paper's setup): rank-8 adapters on the attention query and value
 projections, trained on the same examples and loss as ATV.
 
-* Targets (:data:`TARGET_MODULES`): ``q_proj``/``v_proj`` where the architecture has separate projections
+* Targets (``lora_targets`` in :data:`workbench.core.architectures.ARCHITECTURES`): ``q_proj``/``v_proj`` where the architecture has separate projections
   (llama, mistral, qwen, gemma, phi); architectures with a fused projection get it whole (``c_attn`` for gpt2,
   ``query_key_value`` for gpt_neox, ``qkv_proj`` for phi3), which adapts the keys too.
-* Training: :func:`workbench.examples.training_examples` (90 train items per task x 3 templates, the same sample
-  as ATV) and :func:`workbench.examples.answer_loss` (teacher-forced cross-entropy on the answer tokens); AdamW,
+* Training: :func:`workbench.atv.examples.training_examples` (90 train items per task x 3 templates, the same sample
+  as ATV) and :func:`workbench.atv.examples.answer_loss` (teacher-forced cross-entropy on the answer tokens); AdamW,
   lr 4e-4 (the paper's change from 1e-3), r=8, alpha=32, dropout 0.05; epochs as ATV.
 * The adapter is attached only inside ``active(lm)`` (and during ``fit``): peft's LoRA layers are injected into
   ``lm.hf``, the trained weights loaded, and on exit every LoRA layer is replaced by its original base module, so
@@ -23,38 +23,25 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 
-from ..examples import answer_loss, training_examples
-from .base import Method
+from workbench.atv.examples import training_examples
+from workbench.atv.loss import answer_loss
+from workbench.core.architectures import architecture_of
+from workbench.methods.base import Method
 
 if TYPE_CHECKING:
-    from ..models import LanguageModel
+    from workbench.core.models import LanguageModel
 
-#: model_type -> names of the query/value projection modules that get adapters.
-TARGET_MODULES: dict[str, list[str]] = {
-    **{t: ["q_proj", "v_proj"] for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
-                                         "gemma3_text", "gemma3", "phi")},
-    "phi3": ["qkv_proj"],
-    "gpt2": ["c_attn"],
-    "gpt_neox": ["query_key_value"],
-}
 ADAPTER = "workbench_lora"
 
 
 def default_epochs() -> int:
-    """ATV's epoch count (``workbench.training.TrainConfig().epochs`` when available, else the paper's 15)."""
+    """ATV's epoch count (``workbench.atv.training.TrainConfig().epochs`` when available, else the paper's 15)."""
     try:
-        from ..training import TrainConfig  # type: ignore[attr-defined]
+        from workbench.atv.training import TrainConfig  # type: ignore[attr-defined]
 
         return int(TrainConfig().epochs)
     except (ImportError, AttributeError, TypeError):
         return 15
-
-
-def target_modules(lm: LanguageModel) -> list[str]:
-    model_type = getattr(lm.hf.config, "model_type", None)
-    if model_type not in TARGET_MODULES:
-        raise ValueError(f"no LoRA target modules known for model_type={model_type!r}; add it to TARGET_MODULES")
-    return TARGET_MODULES[model_type]
 
 
 def remove_lora(model: torch.nn.Module) -> int:
@@ -97,7 +84,7 @@ class LoRA(Method):
 
     def lora_config(self, lm: LanguageModel) -> LoraConfig:
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=target_modules(lm), bias="none",
+                          target_modules=list(architecture_of(lm.hf).lora_targets), bias="none",
                           fan_in_fan_out=lm.hf.config.model_type == "gpt2")  # gpt2 uses Conv1D
 
     @contextlib.contextmanager
@@ -125,7 +112,7 @@ class LoRA(Method):
         examples = training_examples(train_tasks, n_train=self.n_train, seed=self.seed)
         prompts = [ex.prompt(lm) for ex in examples]
         targets = [ex.target for ex in examples]
-        self.targets = target_modules(lm)
+        self.targets = list(architecture_of(lm.hf).lora_targets)
         rng = random.Random(self.seed)
         self.state, self.losses = None, []
         with self.attached(lm, train=True) as params:

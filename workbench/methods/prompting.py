@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..prompts import PREFIXES, build_text, count_tokens, target_text
-from .base import Method, PreparedBatch
+from workbench.core.tokens import count_tokens
+from workbench.methods.base import Method, PreparedBatch
+from workbench.tasks.prompts import PREFIXES, build_text, target_text
 
 if TYPE_CHECKING:
-    from ..models import LanguageModel
+    from workbench.core.models import LanguageModel
 
 
 class ZeroShot(Method):

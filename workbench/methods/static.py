@@ -8,7 +8,7 @@ the task's train split, queries from its valid split). At test time it is inject
 
 Unseen tasks (not among the fitted ones): ``unseen="own"`` (default, what the paper's static baseline does) builds
 the vector from the unseen task's own train demonstrations at first use; ``unseen="retrieve"`` uses the vector of
-the in-domain task whose prompts' queries are most similar (MiniLM cosine, :mod:`workbench.retrieval`) to the batch.
+the in-domain task whose prompts' queries are most similar (MiniLM cosine, :mod:`workbench.tasks.retrieval`) to the batch.
 """
 
 from __future__ import annotations
@@ -19,43 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..injection import Injection, LayerSpec, check_scale, position_mask, resolve_layers
-from ..retrieval import QueryIndex
-from .base import Method, PreparedBatch
-from .demos import DemoPrompt, demo_prompts, mean_norms, prompt_states
+from workbench.core.interventions import Injection, LayerSpec, Replacement, check_scale, resolve_layers
+from workbench.methods.base import Method, PreparedBatch
+from workbench.methods.demos import DemoPrompt, demo_prompts, mean_norms, prompt_states
+from workbench.tasks.retrieval import QueryIndex
 
 if TYPE_CHECKING:
-    from ..models import LanguageModel
+    from workbench.core.models import LanguageModel
 
 MODES = ("add", "replace")
-UNSEEN = ("own", "retrieve")
-
-
-class Replacement:
-    """``h_l <- v_l`` at the last prompt token of the blocks in `layers` (an :class:`Intervention`)."""
-
-    def __init__(self, vectors: torch.Tensor, layers: LayerSpec = "all"):
-        if vectors.dim() != 2:
-            raise ValueError(f"vectors must be [L, d], got {tuple(vectors.shape)}")
-        self.vectors = vectors
-        self.layers = layers
-
-    def check(self, lm: LanguageModel, n_prompts: int) -> list[int]:
-        if tuple(self.vectors.shape) != (lm.num_layers, lm.hidden_size):
-            raise ValueError(f"vectors {tuple(self.vectors.shape)} do not match [L, d] = [{lm.num_layers}, {lm.hidden_size}]")
-        return resolve_layers(self.layers, lm.num_layers)
-
-    def apply(self, lm: LanguageModel, rows: slice, attention_mask: torch.Tensor) -> None:
-        v = self.vectors.to(device=lm.device, dtype=lm.dtype)
-        mask = position_mask(attention_mask.to(lm.device), "last", lm.dtype)
-        for layer in resolve_layers(self.layers, lm.num_layers):
-            block = lm.nn_layer(layer)
-            out = block.output
-            block.output = out + mask * (v[layer] - out)
-
-    def describe(self) -> dict:
-        return {"kind": "replace", "layers": self.layers if isinstance(self.layers, str) else list(self.layers),
-                "positions": "last", "vectors_shape": list(self.vectors.shape)}
+UNSEEN_POLICIES = ("own", "retrieve")
 
 
 class StaticTaskVector(Method):
@@ -77,8 +50,8 @@ class StaticTaskVector(Method):
     ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
-        if unseen not in UNSEEN:
-            raise ValueError(f"unknown unseen policy {unseen!r}; use one of {UNSEEN}")
+        if unseen not in UNSEEN_POLICIES:
+            raise ValueError(f"unknown unseen policy {unseen!r}; use one of {UNSEEN_POLICIES}")
         self.k, self.n_prompts, self.layers, self.scale = k, n_prompts, layers, check_scale(scale)
         self.mode, self.unseen, self.template, self.seed, self.batch_size = mode, unseen, template, seed, batch_size
         self.vectors: dict[str, torch.Tensor] = {}

@@ -1,0 +1,262 @@
+"""The prefix-cached answer loss: same loss and gradients as :func:`workbench.atv.examples.answer_loss`, much faster.
+
+With positions "last" the vector edits only the last prompt token, so the keys/values of every earlier prompt
+token do not depend on the generator. They are computed without autograd, in right-padded batches of examples
+that share a token prefix (chat header and instruction of a task template, computed once and extended), and kept
+in a :class:`PrefixStore` across epochs within a memory budget (past it, they are recomputed when needed;
+:meth:`PrefixStore.fill` computes them all before training). Each training step collates the batch's prefixes
+into one left-padded ``DynamicCache`` and runs only ``[last prompt token, answer tokens except the last]`` (right
+padded) through the LLM with autograd, the vector injected at the first suffix column through nnsight; position
+ids continue from each row's real prefix length. The collated cache is copied per step into the store's reusable
+workspace (one copy per example; see :func:`collate`): the stored prefixes are never mutated, so neither a deep
+copy nor ``DynamicCache.crop`` (which would leave views of autograd-tracked tensors in the cache) is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import DynamicCache
+
+from workbench.atv.examples import pad_left
+from workbench.atv.loss import IGNORE, per_example_ce
+from workbench.core.batching import length_buckets
+from workbench.core.interventions import Injection, MaskedInjection
+
+if TYPE_CHECKING:
+    from workbench.core.models import LanguageModel
+
+KV = torch.Tensor  # one prompt's cache: [layers, 2 (keys, values), kv heads, tokens, head_dim]; empty: no tokens
+
+
+class PrefixStore:
+    """Per-example prefix caches kept within `budget_mb` megabytes (0 disables storing).
+
+    Missing prefixes are computed in right-padded batches of at most `batch_tokens` tokens, grouped by the token
+    prefix they share (computed once and kept) and bucketed by length so that little padding is run."""
+
+    def __init__(self, budget_mb: float = 2048, batch_tokens: int = 2048):
+        if not budget_mb >= 0:
+            raise ValueError(f"cache_budget_mb must be >= 0, got {budget_mb!r}")
+        if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
+        self.budget = int(budget_mb * 2**20)
+        self.batch_tokens = batch_tokens
+        self.used = 0
+        self.hits = self.misses = 0
+        self._data: dict[Hashable, KV] = {}
+        self._heads: dict[tuple[int, ...], KV] = {}
+        self._workspace: torch.Tensor | None = None
+
+    def get(self, key: Hashable) -> KV | None:
+        kv = self._data.get(key)
+        self.hits += kv is not None
+        self.misses += kv is None
+        return kv
+
+    def put(self, key: Hashable, kv: KV) -> bool:
+        """Store `kv` under `key` if it fits in the budget; returns whether it was stored."""
+        size = kv.nbytes
+        if key in self._data or self.used + size > self.budget:
+            return False
+        self._data[key] = kv
+        self.used += size
+        return True
+
+    def prefixes(self, lm: LanguageModel, keys: Sequence[Hashable], seqs: Sequence[Sequence[int]],
+                 heads: Sequence[int] | None = None) -> list[KV]:
+        """The prefix caches of `seqs` (named `keys`): stored ones, the others computed (batched; `heads[i]` =
+        how many leading tokens `seqs[i]` shares with others, see :func:`head_lengths`) and stored if they fit."""
+        out = [self.get(k) for k in keys]
+        missing = [i for i, kv in enumerate(out) if kv is None]
+        for chunk, kvs in self._compute(lm, seqs, heads, missing):
+            for i, kv in zip(chunk, kvs):
+                out[i] = kv
+                self.put(keys[i], kv)
+        return out
+
+    def fill(self, lm: LanguageModel, keys: Sequence[Hashable], seqs: Sequence[Sequence[int]],
+             heads: Sequence[int] | None = None, progress: bool = False) -> int:
+        """Compute and store the prefixes of `seqs` ahead of training, until the budget is full; returns how
+        many are stored."""
+        from tqdm.auto import tqdm
+
+        todo = [i for i, k in enumerate(keys) if k not in self._data] if self.budget > 0 else []
+        bar = tqdm(total=len(todo), desc="prefix cache", leave=False, disable=not progress)
+        with bar:
+            for chunk, kvs in self._compute(lm, seqs, heads, todo):
+                stored = [self.put(keys[i], kv) for i, kv in zip(chunk, kvs)]
+                bar.update(len(chunk))
+                if not all(stored):
+                    break
+        return sum(k in self._data for k in keys)
+
+    def _compute(self, lm: LanguageModel, seqs: Sequence[Sequence[int]], heads: Sequence[int] | None,
+                 todo: Sequence[int]) -> Iterator[tuple[list[int], list[KV]]]:
+        """(indices, their prefix caches) in batches: grouped by shared head, then length-bucketed."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in todo:
+            groups.setdefault(tuple(seqs[i][: heads[i] if heads else 0]), []).append(i)
+        for head_ids, idx in groups.items():
+            head = None
+            if head_ids:
+                if head_ids not in self._heads:
+                    self._heads[head_ids] = prefix_kvs(lm, [head_ids])[0]
+                head = (len(head_ids), self._heads[head_ids])
+            rest = [len(seqs[i]) - len(head_ids) for i in idx]
+            for bucket in length_buckets(rest, max_tokens=self.batch_tokens):
+                chunk = [idx[b] for b in bucket]
+                yield chunk, prefix_kvs(lm, [seqs[i] for i in chunk], head)
+
+    def workspace(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A contiguous tensor of `shape` that reuses one growing buffer (see :func:`collate`)."""
+        n = math.prod(shape)
+        ws = self._workspace
+        if ws is None or ws.numel() < n or ws.dtype != like.dtype or ws.device != like.device:
+            ws = self._workspace = like.new_empty(n)
+        return ws[:n].view(shape)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def stats(self) -> dict:
+        return {"stored": len(self), "heads": len(self._heads), "used_mb": round(self.used / 2**20, 1),
+                "budget_mb": self.budget / 2**20,
+                "hits": self.hits, "misses": self.misses}
+
+
+@torch.no_grad()
+def prefix_kvs(lm: LanguageModel, seqs: Sequence[Sequence[int]], head: tuple[int, KV] | None = None) -> list[KV]:
+    """Keys/values of each of `seqs` at every layer: one right-padded forward pass without autograd (a real token
+    attends only to earlier tokens, so the padding after it changes nothing). `head` = (n, kv of the first n
+    tokens, which every sequence shares), computed before: only the tokens after it are run."""
+    n, head_kv = head if head is not None and head[0] > 0 else (0, None)
+    out: list[KV | None] = [torch.empty(0) if not s else head_kv if len(s) == n else None for s in seqs]
+    rows = [i for i, kv in enumerate(out) if kv is None]
+    if not rows:
+        return out
+    B, T = len(rows), max(len(seqs[i]) for i in rows)
+    ids = torch.full((B, T - n), lm.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    mask[:, :n] = 1
+    for r, i in enumerate(rows):
+        ids[r, : len(seqs[i]) - n] = torch.tensor(list(seqs[i][n:]))
+        mask[r, n: len(seqs[i])] = 1
+    cache = None
+    if head_kv is not None:
+        cache = DynamicCache([(kv[0][None].expand(B, -1, -1, -1), kv[1][None].expand(B, -1, -1, -1)) for kv in head_kv],
+                             config=lm.hf.config)
+    # the decoder without its LM head: only keys/values are wanted
+    res = lm.hf.base_model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), past_key_values=cache,
+                           use_cache=True, position_ids=torch.arange(n, T, device=lm.device).repeat(B, 1))
+    layers = res.past_key_values.layers
+    if len({(layer.keys.shape, layer.values.shape) for layer in layers}) > 1:
+        raise ValueError(f"{lm.name}: its layers cache keys/values of different shapes (e.g. sliding-window layers), "
+                         "which the prefix-cached fast path does not support; use TrainConfig(fast_path=False)")
+    full = torch.stack([torch.stack([layer.keys, layer.values]) for layer in layers])  # [L, 2, B, h, T, hd]
+    for r, i in enumerate(rows):
+        out[i] = full[:, :, r, :, : len(seqs[i])].clone()
+    return out
+
+
+def head_lengths(prefixes: Sequence[Sequence[int]], groups: Sequence[Hashable]) -> list[int]:
+    """Per prefix, the length of the token prefix it shares with every prefix of its group (e.g. the chat header
+    and instruction of one task template): computed once and reused (0 for groups of one)."""
+    members: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out = [0] * len(prefixes)
+    for idx in members.values():
+        if len(idx) < 2:
+            continue
+        first, n = prefixes[idx[0]], min(len(prefixes[i]) for i in idx)
+        for i in idx[1:]:
+            n = next((j for j in range(n) if prefixes[i][j] != first[j]), n)
+        for i in idx:
+            out[i] = n
+    return out
+
+
+def collate(lm: LanguageModel, kvs: Sequence[KV], lengths: Sequence[int], store: PrefixStore | None = None,
+            ) -> tuple[DynamicCache | None, torch.Tensor]:
+    """One left-padded cache [B, heads, Tp, head_dim] per layer from per-example prefixes, and its mask [B, Tp].
+
+    With a `store`, the batch is written into its reusable workspace: a fresh buffer of this size costs more in
+    page faults than the copy itself. That is safe because the cache's first update replaces each layer's tensors
+    by ``torch.cat(old, new)``, which autograd does not keep, so the workspace is free again after the forward."""
+    Tp = max(lengths)
+    mask = pad_left([[1] * n for n in lengths], 0)[1] if Tp else torch.zeros((len(lengths), 0), dtype=torch.long)
+    if Tp == 0:
+        return None, mask
+    ref = next(kv for kv in kvs if kv.numel())
+    L, _, heads, _, dim = ref.shape
+    shape = (L, 2, len(kvs), heads, Tp, dim)  # one copy per example, then a view per layer
+    buf = ref.new_empty(shape) if store is None else store.workspace(shape, ref)
+    for i, kv in enumerate(kvs):
+        pad = Tp - lengths[i]
+        buf[:, :, i, :, :pad] = 0  # masked, but must be finite (0 * inf would leak NaN through attention)
+        if lengths[i]:
+            buf[:, :, i, :, pad:] = kv
+    return DynamicCache([(buf[layer, 0], buf[layer, 1]) for layer in range(L)], config=lm.hf.config), mask
+
+
+def fast_pair_losses(
+    lm: LanguageModel,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    injection: Injection | None,
+    store: PrefixStore | None = None,
+    keys: Sequence[Hashable] | None = None,
+    heads: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example answer losses [B] and first-token correctness [B], prefix cached (positions "last" only).
+
+    `keys` name the examples in `store`; `heads` (see :func:`head_lengths`) are shared token prefixes."""
+    if injection is not None and injection.positions != "last":
+        raise ValueError("the fast path needs positions='last'; positions='all' uses the naive path")
+    if keys is not None and len(keys) != len(pairs):
+        raise ValueError(f"{len(keys)} cache keys for {len(pairs)} examples")
+    prefixes = [p[:-1] for p, _ in pairs]
+    if store is None or keys is None:
+        store, keys = PrefixStore(0), list(range(len(pairs)))
+    kvs = store.prefixes(lm, keys, prefixes, heads)
+    lengths = [len(p) for p in prefixes]
+    cache, prefix_mask = collate(lm, kvs, lengths, store)
+    # the last answer token predicts nothing that is scored, so it is not run
+    suffixes = [[p[-1], *a[:-1]] for p, a in pairs]
+    S = max(len(s) for s in suffixes)
+    ids = torch.full((len(pairs), S), lm.tokenizer.pad_token_id, dtype=torch.long)
+    suffix_mask = torch.zeros((len(pairs), S), dtype=torch.long)
+    labels = torch.full((len(pairs), S), IGNORE, dtype=torch.long)
+    for i, (s, (_, a)) in enumerate(zip(suffixes, pairs)):
+        ids[i, : len(s)] = torch.tensor(s)
+        suffix_mask[i, : len(s)] = 1
+        labels[i, : len(a)] = torch.tensor(a)
+    position_ids = torch.tensor(lengths)[:, None] + torch.arange(S)[None, :]
+    attention_mask = torch.cat([prefix_mask, suffix_mask], dim=1).to(lm.device)
+    first = torch.zeros((len(pairs), S))
+    first[:, 0] = 1
+    if injection is not None:
+        injection.check(lm, len(pairs))
+        injection = MaskedInjection(injection, first)
+    with lm.nn.trace(input_ids=ids.to(lm.device), attention_mask=attention_mask, position_ids=position_ids.to(lm.device),
+                     past_key_values=cache, use_cache=True):
+        if injection is not None:
+            injection.apply(lm, slice(None), attention_mask)
+        logits = lm.nn.output.logits.save()
+    return per_example_ce(logits, labels.to(logits.device))
+
+
+def fast_answer_loss(
+    lm: LanguageModel, prompts: Sequence[str], targets: Sequence[str], injection: Injection | None = None,
+    store: PrefixStore | None = None,
+) -> torch.Tensor:
+    """Drop-in for :func:`workbench.atv.examples.answer_loss` (positions "last"); `store` caches prefixes by prompt
+    (and the token prefix all prompts share, e.g. a chat header, once)."""
+    from workbench.atv.examples import tokenize_pair
+
+    pairs = [tokenize_pair(lm, p, t) for p, t in zip(prompts, targets)]
+    heads = head_lengths([p[:-1] for p, _ in pairs], [0] * len(pairs))
+    return fast_pair_losses(lm, pairs, injection, store, keys=list(prompts), heads=heads)[0].mean()

@@ -1,0 +1,156 @@
+"""The ATV generator: a small model reads the query, one linear map expands its state to ``[L, d]`` vectors.
+
+``ATVGenerator(encoder, lm)`` is the paper's ATV (small model fully trainable + ``nn.Linear(d_s, L*d)`` with bias);
+``ATVGenerator.light(encoder, lm, lora_r=8, bottleneck=64)`` is ATV-Light (paper §4.5: LoRA on the small model and
+a bottleneck ``d_s -> r -> L*d``). ``save(dir)`` / ``ATVGenerator.load(dir, lm)`` round-trip a checkpoint
+(safetensors + ``generator.json``), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from workbench.core.architectures import ARCHITECTURES, lora_parameter_count
+from workbench.core.encoders import Encoder, load_encoder
+from workbench.core.files import atomic_dir, atomic_write_text, package_versions
+
+if TYPE_CHECKING:
+    from workbench.core.models import LanguageModel
+
+WEIGHTS, META = "generator.safetensors", "generator.json"
+
+
+def is_checkpoint(directory: Path) -> bool:
+    """Whether `directory` holds a generator checkpoint (and nothing the workbench would not have written there)."""
+    names = {p.name for p in Path(directory).iterdir()}
+    return META in names and names <= {META, WEIGHTS}
+
+
+class CheckpointMismatch(ValueError):
+    """A generator checkpoint was made for another large model."""
+
+
+class ATVGenerator(nn.Module):
+    """Small model + expansion ``d_s -> L*d`` (or ``d_s -> bottleneck -> L*d``); ``.vectors(queries) -> [B, L, d]``."""
+
+    def __init__(self, encoder: Encoder, lm: LanguageModel, bottleneck: int | None = None):
+        super().__init__()
+        if not isinstance(encoder, Encoder):
+            raise ValueError(f"encoder must be a wb.Encoder (wb.load_encoder(...)), got {type(encoder).__name__}")  # noqa: TRY004
+        if bottleneck is not None and (isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or bottleneck < 1):
+            raise ValueError(f"bottleneck must be a positive int or None, got {bottleneck!r}")
+        self.encoder = encoder
+        self.num_layers, self.hidden_size, self.lm_name = lm.num_layers, lm.hidden_size, lm.name
+        self.bottleneck = bottleneck
+        self.lora: dict | None = None
+        out = lm.num_layers * lm.hidden_size
+        dim = encoder.dim
+        self.projection = nn.Linear(dim, out) if bottleneck is None else nn.Sequential(nn.Linear(dim, bottleneck), nn.Linear(bottleneck, out))
+        self.projection.to(next(encoder.parameters()).dtype)
+        self.meta: dict[str, Any] = {}  # injection settings / train config recorded by training
+
+    @classmethod
+    def light(cls, encoder: Encoder, lm: LanguageModel, lora_r: int = 8, bottleneck: int = 64,
+              lora_alpha: int = 16, lora_dropout: float = 0.05) -> ATVGenerator:
+        """ATV-Light: peft LoRA (rank `lora_r`) on the small model's attention + a `bottleneck` projection."""
+        gen = cls(encoder, lm, bottleneck=bottleneck)
+        gen.add_lora(lora_r, lora_alpha, lora_dropout)
+        return gen
+
+    def add_lora(self, r: int, alpha: int, dropout: float) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        model_type = getattr(self.encoder.body.config, "model_type", None)
+        arch = ARCHITECTURES.get(model_type)
+        if arch is None or not arch.encoder_lora_targets:
+            known = sorted(t for t, a in ARCHITECTURES.items() if a.encoder_lora_targets)
+            raise ValueError(f"no LoRA targets known for a {model_type!r} small model; known: {known} "
+                             f"(workbench.core.architectures)")
+        self.lora = {"r": r, "alpha": alpha, "dropout": dropout, "targets": list(arch.encoder_lora_targets)}
+        cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=self.lora["targets"],
+                         fan_in_fan_out=arch.fan_in_fan_out)
+        self.encoder.body = get_peft_model(self.encoder.body, cfg)  # freezes everything but the adapters
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(self, queries: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """``[B, L, d]`` vectors for query texts (or for precomputed small-model states ``[B, d_s]``)."""
+        states = queries if isinstance(queries, torch.Tensor) else self.encoder.encode(list(queries))
+        return self.projection(states).view(-1, self.num_layers, self.hidden_size)
+
+    def vectors(self, queries: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """Same as calling the module (gradients flow when enabled)."""
+        return self(queries)
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def parameter_report(self, lm: LanguageModel, lora_r: int = 8) -> dict[str, int]:
+        """Trainable parameters of this generator, of full ATV with the same small model, and of LoRA (rank
+        `lora_r` on the large model's query/value projections, counted analytically)."""
+        full = sum(p.numel() for n, p in self.encoder.named_parameters() if "lora_" not in n)
+        full += self.encoder.dim * self.num_layers * self.hidden_size + self.num_layers * self.hidden_size
+        return {"this": self.trainable_parameters(), "ATV": full, f"LoRA r={lora_r}": lora_parameter_count(lm, lora_r)}
+
+    # ----------------------------------------------------------------------------------------- save / load
+    def describe(self) -> dict[str, Any]:
+        enc = self.encoder
+        return {"encoder": enc.name, "pooling": enc.pooling, "encoder_max_length": enc.max_length,
+                "encoder_dim": enc.dim, "bottleneck": self.bottleneck, "lora": self.lora,
+                "lm": self.lm_name, "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+                "dtype": str(next(self.parameters()).dtype).replace("torch.", ""),
+                "trainable_parameters": self.trainable_parameters(), **self.meta}
+
+    def save(self, directory: str | os.PathLike, overwrite: bool = False, **extra: Any) -> Path:
+        """Write weights + ``generator.json`` (everything needed to rebuild it, plus `extra`) atomically.
+
+        An existing generator checkpoint at `directory` is replaced; any other non-empty folder or a file is refused
+        (FileExistsError) unless ``overwrite=True``: save never deletes what it did not write.
+        """
+        target = Path(directory)
+        with atomic_dir(target, owned=is_checkpoint, overwrite=overwrite, what="generator") as tmp:
+            safetensors.torch.save_model(self, str(tmp / WEIGHTS))
+            meta = {**self.describe(), **extra, "package_versions": package_versions()}
+            atomic_write_text(tmp / META, json.dumps(meta, indent=2, default=str))
+        return target
+
+    @staticmethod
+    def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+        path = Path(directory) / META
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a generator checkpoint (no {META})")
+        return json.loads(path.read_text())
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, lm: LanguageModel, encoder: Encoder | None = None) -> ATVGenerator:
+        """Rebuild a saved generator for `lm`; refuses a checkpoint made for another large model."""
+        meta = cls.read_meta(directory)
+        check_compatible(meta, lm, directory)
+        if encoder is None:
+            scratch = str(meta["encoder"]).startswith("scratch:")
+            encoder = load_encoder(meta["encoder"], pooling=meta["pooling"], tokenizer=lm.tokenizer if scratch else None)
+            encoder.max_length = int(meta.get("encoder_max_length", encoder.max_length))
+        gen = cls(encoder, lm, bottleneck=meta.get("bottleneck"))
+        if meta.get("lora"):
+            lora = meta["lora"]
+            gen.add_lora(lora["r"], lora["alpha"], lora["dropout"])
+        safetensors.torch.load_model(gen, str(Path(directory) / WEIGHTS))
+        gen.meta = {k: meta[k] for k in ("scale", "layers", "positions", "generator_input", "train_config") if k in meta}
+        return gen
+
+
+def check_compatible(meta: dict, lm: LanguageModel, where: Any = "checkpoint") -> None:
+    """CheckpointMismatch naming what differs (model name, L, d) between a checkpoint and `lm`."""
+    diffs = [f"{what}: checkpoint {meta.get(key)!r}, model {have!r}"
+             for what, key, have in (("large model", "lm", lm.name), ("layers L", "num_layers", lm.num_layers),
+                                     ("hidden size d", "hidden_size", lm.hidden_size)) if meta.get(key) != have]
+    if diffs:
+        raise CheckpointMismatch(f"generator {where} was made for another large model; " + "; ".join(diffs))
+

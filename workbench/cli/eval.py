@@ -1,0 +1,137 @@
+"""`python -m workbench eval`: evaluate a prompting baseline on tasks, write a run directory, print the tables.
+
+    python -m workbench eval --method zero-shot --tasks in_domain --n-test 20 --run-dir runs/x
+    python -m workbench eval --method bm25 --k 16 --tasks glue_sst2,glue_cola --seeds 42 10 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import pandas as pd
+import torch
+
+from workbench.core.models import load_model
+from workbench.eval.efficiency import efficiency_table
+from workbench.eval.evaluate import check_n_test, check_seeds, evaluate
+from workbench.eval.tables import summarize, tables_like_paper
+from workbench.methods.base import Method
+from workbench.methods.prompting import BM25FewShot, FewShot, ZeroShot
+from workbench.tasks.prompts import variants
+from workbench.tasks.registry import resolve_tasks
+
+METHODS = ("zero-shot", "few-shot", "bm25", "atv")
+
+
+def make_method(name: str, k: int = 16) -> Method:
+    """The prompting baseline called `name` (one of :data:`METHODS`)."""
+    if name == "zero-shot":
+        return ZeroShot()
+    if name == "few-shot":
+        return FewShot(k=k)
+    if name == "bm25":
+        return BM25FewShot(k=k)
+    if name == "atv":
+        raise ValueError("--method atv needs --generator DIR (a checkpoint saved by training)")
+    raise ValueError(f"unknown method {name!r}; use one of {METHODS}")
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v.strip() for chunk in values for v in chunk.split(",") if v.strip()]
+
+
+def parse_tasks(values: list[str]) -> Any:
+    """A group name ("in_domain", "unseen", "all", "extra") or a list of task names (comma or space separated)."""
+    names = _split(values)
+    return names[0] if len(names) == 1 else names
+
+
+def parse_n_test(value: str) -> int | None:
+    if value.lower() in ("all", "none"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--n-test must be a positive int or 'all', got {value!r}") from None
+
+
+def parse_templates(values: list[str]) -> Any:
+    items = _split(values)
+    if items == ["all"]:
+        return "all"
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise ValueError(f"--templates must be 'all' or template indices 0-2, got {' '.join(values)!r}") from None
+
+
+def parse_prefixes(values: list[str]) -> Any:
+    items = _split(values)
+    return "all" if items == ["all"] else items
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=METHODS, default="zero-shot", help="prompting baseline, or atv")
+    parser.add_argument("--generator", default=None, help="with --method atv: a generator folder (train's generator/)")
+    parser.add_argument("--k", type=int, default=16, help="demonstrations for few-shot / bm25 (default 16)")
+    parser.add_argument("--tasks", nargs="+", default=["in_domain"],
+                        help="in_domain | unseen | all | extra, or task names (comma/space separated)")
+    parser.add_argument("--n-test", type=parse_n_test, default=100, help="test items per task and seed, or 'all'")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="evaluation seeds (paper: 42 10 100)")
+    parser.add_argument("--templates", nargs="+", default=["all"], help="'all' or template indices, e.g. 0 or 0,1")
+    parser.add_argument("--prefixes", nargs="+", default=["all"],
+                        help="'all' or answer prefixes, comma separated, e.g. 'A:,The answer is'")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--model", default="smollm2-135m", help="embedded alias, HF id, folder or .gguf")
+    parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: where the model loads)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (use 1 on a busy machine: oversubscribed threads slow CPU runs badly)")
+    parser.add_argument("--data-dir", default=None, help="task folder (default: $ATV_DATA_DIR or the repo's data)")
+    parser.add_argument("--run-dir", default=None, help="write results/config here; rerunning resumes")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def print_tables(df: pd.DataFrame, out: Any = None) -> None:
+    """The paper-style tables and the efficiency row of a result (to `out`, default stdout)."""
+    out = sys.stdout if out is None else out
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+        tables = tables_like_paper(summarize(df))
+        if "correct_loose" in df:
+            loose = tables_like_paper(summarize(df, loose=True))
+            tables.update({f"{k} (loose: whitespace-insensitive)": v for k, v in loose.items()})
+        for name, table in tables.items():
+            print(f"\n== {name} ==", file=out)
+            print(table.to_string(), file=out)
+        print("\n== efficiency ==", file=out)
+        print(efficiency_table(df).to_string(), file=out)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        method = None if args.method == "atv" and args.generator else make_method(args.method, args.k)
+        templates, prefixes = parse_templates(args.templates), parse_prefixes(args.prefixes)
+        variants(templates, prefixes)  # fail on bad inputs before loading the model
+        check_n_test(args.n_test)
+        check_seeds(args.seeds)
+        tasks = resolve_tasks(parse_tasks(args.tasks), args.data_dir)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be a positive int, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        lm = load_model(args.model, device=args.device)
+        if method is None:
+            from workbench.methods.atv import ATV
+
+            method = ATV.load(args.generator, lm)
+        df = evaluate(lm, method, tasks, n_test=args.n_test, templates=templates, prefixes=prefixes,
+                      seeds=args.seeds, batch_size=args.batch_size, run_dir=args.run_dir, data_dir=args.data_dir,
+                      progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print_tables(df)
+    if args.run_dir:
+        print(f"\nresults in {args.run_dir}")
+    return 0

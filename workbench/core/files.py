@@ -1,0 +1,202 @@
+"""Files the workbench writes: atomic writes (text, bytes, JSON, whole folders), package versions, run folders.
+
+Module contents: :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_write_json` go through a
+temporary file in the destination folder and :func:`os.replace`, so a crash mid-write leaves either the old file or
+the new one, never a truncated one, and no temporary file behind; :func:`replace_dir` does the same for a finished
+folder. :func:`package_versions` is what every run records; :func:`new_run_dir` makes a timestamped run folder;
+:func:`repo_root` is the one place the checkout is located from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "DEFAULT_PACKAGES", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "new_run_dir",
+    "package_versions", "atomic_dir", "replace_dir", "repo_root",
+]
+
+#: Distributions reported by :func:`package_versions` by default (plus ``python`` and ``platform``).
+DEFAULT_PACKAGES: tuple[str, ...] = (
+    "torch", "transformers", "nnsight", "peft", "accelerate", "datasets", "numpy", "pandas",
+)
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file (mkstemp uses 0o600)
+
+
+@contextmanager
+def _atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path``; on success fsync and ``os.replace`` it onto ``path``, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding, newline=None if "b" in mode else "") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (temp file in the same directory + ``os.replace``); returns the path.
+
+    Parent directories are created. Newlines are written as given (no platform translation).
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, got {type(text).__name__}")
+    with _atomic_open(path, "w", encoding) as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with _atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    """Convert numpy / torch scalars and arrays, paths, sets, dataclasses and datetimes to JSON types."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if isinstance(obj, (_dt.datetime, _dt.date)):
+        return obj.isoformat()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    mod = type(obj).__module__.split(".")[0]
+    if mod in ("numpy", "torch"):
+        if hasattr(obj, "detach"):
+            obj = obj.detach().cpu()
+        if hasattr(obj, "tolist"):
+            return obj.tolist()  # numpy/torch scalars -> Python scalars, arrays/tensors -> nested lists
+        if hasattr(obj, "item"):
+            return obj.item()
+        return str(obj)  # e.g. numpy/torch dtypes
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON (sorted keys, indent 2, trailing newline) to ``path`` atomically; returns the path.
+
+    numpy / torch scalars and arrays, :class:`~pathlib.Path`, sets, dataclasses and datetimes are converted.
+    The object is serialized completely before the file is touched, so a serialization error leaves an
+    existing file unchanged.
+    """
+    text = json.dumps(obj, sort_keys=True, indent=2, default=_json_default, ensure_ascii=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def package_versions(names: Iterable[str] | None = None) -> dict[str, str | None]:
+    """Installed versions of ``names`` (default :data:`DEFAULT_PACKAGES`) plus ``python`` and ``platform``.
+
+    Looked up from package metadata (nothing is imported); a missing package maps to None.
+    """
+    out: dict[str, str | None] = {}
+    for name in DEFAULT_PACKAGES if names is None else names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["python"] = sys.version.split()[0]
+    out["platform"] = platform.platform()
+    return out
+
+
+def new_run_dir(root: str | os.PathLike = "runs", prefix: str = "",
+                clock: Callable[[], _dt.datetime] = _dt.datetime.now) -> Path:
+    """Create and return a fresh ``root/[prefix-]YYYYmmdd-HHMMSS`` directory (``-1``, ``-2``… appended on clashes)."""
+    if prefix and Path(prefix).name != prefix:
+        raise ValueError(f"prefix must not contain path separators, got {prefix!r}")
+    stamp = clock().strftime("%Y%m%d-%H%M%S")
+    base = f"{prefix}-{stamp}" if prefix else stamp
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for i in range(10_000):
+        path = Path(root) / (base if i == 0 else f"{base}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"could not create a new run directory under {root!r} for {base!r}")
+
+
+def replace_dir(src: Path, target: Path) -> None:
+    """Move the finished folder `src` onto `target`; an existing `target` is renamed away first, then removed.
+
+    Callers decide whether `target` may be replaced (:func:`atomic_dir` refuses what the workbench did not write).
+    """
+    old = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        _remove(old)
+        os.replace(target, old)
+    os.replace(src, target)
+    if old is not None:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike, owned: Callable[[Path], bool] | None = None,
+               overwrite: bool = False, what: str = "folder") -> Iterator[Path]:
+    """Build a folder in a temporary sibling and move it onto `target` when the block finishes without error.
+
+    An existing `target` is replaced only when it is an empty folder, when ``owned(target)`` says the workbench wrote
+    it (e.g. an earlier checkpoint of the same kind), or with ``overwrite=True``; anything else (a file, a folder of
+    the user's) raises FileExistsError naming it, before anything is written. On error nothing is left behind.
+    """
+    target = Path(target)
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        empty = target.is_dir() and not target.is_symlink() and not any(target.iterdir())
+        if not (empty or (target.is_dir() and owned is not None and owned(target))):
+            kind = "a file" if not target.is_dir() else "a folder the workbench did not write"
+            raise FileExistsError(f"refusing to write the {what} to {str(target)!r}: it is {kind}; choose a new path "
+                                  f"or pass overwrite=True to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    finally:
+        _remove(tmp)
+
+
+# ----------------------------------------------------------------------------------------------- data folder
+def repo_root() -> Path:
+    """The checkout (or install prefix) that holds the ``workbench`` package folder: one definition for every module."""
+    return Path(__file__).resolve().parents[2]

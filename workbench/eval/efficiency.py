@@ -1,0 +1,134 @@
+"""Inference efficiency (paper Table 5): latency per item and peak memory, measured during the evaluation itself.
+
+* **Latency** of a row = wall time of its batch (``method.prepare`` + the forward pass) / batch size; the
+  evaluator stores it per row (column ``latency``, seconds) and :func:`efficiency_summary` averages it.
+* **Peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` (statistics reset when the measurement starts);
+  on CPU the process' resident set size sampled by a background thread (psutil) every ``interval`` seconds,
+  reported as the peak and as the increase over the RSS at the start. A sampled peak can miss spikes shorter
+  than the interval, so treat the CPU numbers as a lower bound.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+import psutil
+import torch
+
+GIB = float(1 << 30)
+
+
+class PeakMemory:
+    """Context manager measuring peak memory while it is open; read :attr:`result` afterwards.
+
+    ``device``: ``"cuda"`` (or a cuda device) uses the CUDA allocator statistics, anything else samples RSS.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", interval: float = 0.005):
+        self.device = torch.device(device)
+        self.interval = float(interval)
+        self.result: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._peak = 0
+        self._start = 0
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            self._peak = max(self._peak, proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = self._peak = psutil.Process().memory_info().rss
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak, kind = torch.cuda.max_memory_allocated(self.device), "cuda_max_memory_allocated"
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            peak = max(self._peak, psutil.Process().memory_info().rss)
+            kind = "cpu_peak_rss"
+        self.result = {
+            "memory_kind": kind,
+            "peak_bytes": int(peak),
+            "start_bytes": int(self._start),
+            "increase_bytes": int(max(0, peak - self._start)),
+        }
+
+
+def efficiency_summary(df: pd.DataFrame, memory: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """One method's numbers: mean latency per item (over the rows of `df`) and the peak over `memory` records."""
+    memory = [m for m in memory if m]
+    out: dict[str, Any] = {
+        "latency_s": float(df["latency"].mean()) if "latency" in df and len(df) else float("nan"),
+        "n_items": len(df),
+    }
+    if memory:
+        out["memory_kind"] = memory[0].get("memory_kind")
+        out["peak_gib"] = max(m["peak_bytes"] for m in memory) / GIB
+        out["increase_gib"] = max(m["increase_bytes"] for m in memory) / GIB
+    return out
+
+
+def _accuracy(df: pd.DataFrame, in_domain: bool, column: str = "correct") -> float:
+    from workbench.eval.tables import task_groups
+
+    mask = task_groups(df)["group"] == ("in_domain" if in_domain else "unseen")
+    sub = df[mask.to_numpy()]
+    if sub.empty or column not in sub:
+        return float("nan")
+    per_seed = sub.groupby(["seed", "task"])[column].mean().groupby("seed").mean()
+    return float(per_seed.mean() * 100)
+
+
+def efficiency_table(
+    results: Mapping[str, pd.DataFrame] | Iterable[pd.DataFrame] | pd.DataFrame, loose: bool = False
+) -> pd.DataFrame:
+    """Paper Table 5 layout: per method Latency (s/item), peak memory (GiB), increase (GiB), ID / OOD accuracy (%).
+
+    `results`: result DataFrames of :func:`workbench.evaluate` (one per method, with ``attrs["efficiency"]``), a
+    dict name -> DataFrame, or one concatenated DataFrame (then latency comes from the rows and memory is missing).
+    Accuracy is the mean over seeds of the macro average over tasks (in-domain vs unseen tasks); ``loose`` scores
+    with the ``correct_loose`` column (see :mod:`workbench.eval.evaluate`).
+    """
+    if isinstance(results, pd.DataFrame):
+        method_col = results["method"] if "method" in results else pd.Series("method", index=results.index)
+        frames = {str(name): part for name, part in results.groupby(method_col, sort=False)}
+        if len(frames) == 1 and results.attrs.get("efficiency"):
+            frames = {next(iter(frames)): results}
+    elif isinstance(results, Mapping):
+        frames = dict(results)
+    else:
+        frames = {}
+        for part in results:
+            name = str(part["method"].iloc[0]) if "method" in part and len(part) else f"method{len(frames)}"
+            frames[name] = part
+    rows = []
+    for name, part in frames.items():
+        eff = part.attrs.get("efficiency") or efficiency_summary(part)
+        rows.append({
+            "method": name,
+            "Latency (s)": eff.get("latency_s", float("nan")),
+            "Memory (GiB)": eff.get("peak_gib", float("nan")),
+            "Memory increase (GiB)": eff.get("increase_gib", float("nan")),
+            "Memory kind": eff.get("memory_kind"),
+            "ID Acc.": _accuracy(part, True, "correct_loose" if loose else "correct"),
+            "OOD Acc.": _accuracy(part, False, "correct_loose" if loose else "correct"),
+        })
+    return pd.DataFrame(rows).set_index("method")

@@ -1,0 +1,97 @@
+"""Scoring next-token predictions: the official first-token accuracy and the paper's reliability measures.
+
+* **Accuracy** (official ATV / ELICIT): the argmax of the last-position logits over the *full* vocabulary equals
+  the first token of the answer ``" " + output``.
+* **Label accuracy**: the argmax restricted to the task's label tokens equals the target.
+* **Format adherence** (paper Table 14): share of items whose full-vocabulary argmax is one of the label tokens.
+* **Consistency** (paper Table 15, the SCORE consistency rate): for each item (and seed), the share of pairs of
+  prompt variants (3 templates x 3 prefixes -> 36 pairs) whose predictions agree, averaged over items::
+
+      CR = mean_items [ 1 / C(n, 2) * sum_{i<j} 1[pred_i == pred_j] ]
+
+  Items seen under fewer than 2 variants are skipped.
+
+Target tokens: the official ``get_answer_id(query, answer)`` takes the tokens that ``query + answer`` has beyond
+``query``. ``target_first_token(tokenizer, output, prompt=...)`` does exactly that when given the prompt; without it,
+it encodes ``" " + output`` without special tokens, and if the first piece is a bare space (SentencePiece
+tokenizers such as Llama-2 / Mistral split " A" into "▁" + "A" when encoded alone) it encodes it after ``"A:"``
+instead, which is what the token is in context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+
+def score_logits(
+    logits: torch.Tensor, target_ids: Sequence[int] | torch.Tensor, label_ids: Sequence[int] | None = None
+) -> dict[str, list]:
+    """Per-row records from ``[B, V]`` last-position logits.
+
+    Returns lists of length B: ``prediction`` (full-vocabulary argmax id), ``correct``, and, when `label_ids` is
+    given and non-empty, ``label_prediction`` (id of the best label token), ``label_correct`` and ``in_labels``
+    (prediction is a label token); without labels these are None.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [B, V], got shape {tuple(logits.shape)}")
+    targets = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1).cpu()
+    if targets.numel() != logits.shape[0]:
+        raise ValueError(f"{targets.numel()} target ids for {logits.shape[0]} rows of logits")
+    logits = logits.detach().float().cpu()
+    pred = logits.argmax(dim=-1)
+    out: dict[str, list] = {"prediction": pred.tolist(), "correct": (pred == targets).tolist()}
+    b = logits.shape[0]
+    if label_ids is not None and len(label_ids) > 0:
+        lab = torch.as_tensor(list(label_ids), dtype=torch.long)
+        if int(lab.max()) >= logits.shape[1] or int(lab.min()) < 0:
+            raise ValueError(f"label ids {lab.tolist()} out of range for a vocabulary of {logits.shape[1]}")
+        lab_pred = lab[logits[:, lab].argmax(dim=-1)]
+        out["label_prediction"] = lab_pred.tolist()
+        out["label_correct"] = (lab_pred == targets).tolist()
+        out["in_labels"] = torch.isin(pred, lab).tolist()
+    else:
+        out["label_prediction"] = [None] * b
+        out["label_correct"] = [None] * b
+        out["in_labels"] = [None] * b
+    return out
+
+
+def format_adherence(in_labels: Sequence[bool | None]) -> float:
+    """Share of rows whose full-vocabulary prediction is a label token (NaN when unknown / empty)."""
+    vals = [bool(v) for v in in_labels if v is not None]
+    return float(sum(vals) / len(vals)) if vals else float("nan")
+
+
+def _pair_agreement(preds: pd.Series) -> float:
+    n = len(preds)
+    if n < 2:
+        return float("nan")
+    counts = preds.value_counts()
+    return float((counts * (counts - 1)).sum() / (n * (n - 1)))
+
+
+def item_consistency(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, item, seed) agreement rate over variant pairs (columns task, item, [seed], prediction)."""
+    missing = {"task", "item", "prediction"} - set(df.columns)
+    if missing:
+        raise ValueError(f"consistency needs columns task, item, prediction (and optionally seed); missing {missing}")
+    keys = ["task", "item"] + (["seed"] if "seed" in df.columns else [])
+    g = df.groupby(keys, sort=True)["prediction"]
+    res = g.apply(_pair_agreement).rename("consistency").reset_index()
+    res["n_variants"] = g.size().to_numpy()
+    return res[res["n_variants"] >= 2].reset_index(drop=True)
+
+
+def consistency_by_task(df: pd.DataFrame) -> pd.Series:
+    """SCORE consistency rate per task (mean over items and seeds)."""
+    return item_consistency(df).groupby("task")["consistency"].mean()
+
+
+def consistency(df: pd.DataFrame) -> float:
+    """SCORE consistency rate over all items of all tasks in `df` (see the module docstring)."""
+    per_item = item_consistency(df)
+    return float(per_item["consistency"].mean()) if len(per_item) else float("nan")
+

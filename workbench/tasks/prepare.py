@@ -1,0 +1,96 @@
+"""``python -m workbench data``: prepare and check the task files.
+
+    python -m workbench data prepare --from DIR [--to data/tasks] [--tasks NAME ...]
+    python -m workbench data prepare --hub      [--to data/tasks] [--tasks NAME ...]
+    python -m workbench data check [--dir DIR]
+
+``--from`` validates each ``DIR/<task>.json`` (or ``DIR/tasks/<task>.json``) and copies it byte for byte;
+``--hub`` builds the files with :mod:`workbench.tasks.hub_builders` (needs internet and ``datasets``). Every file is
+written to a temporary file in the target folder and moved into place with ``os.replace``, so a task file is
+either the old one or the complete new one. The default target ``<repo>/data/tasks`` is git-ignored and is the
+folder :func:`workbench.tasks.registry.resolve_data_dir` looks in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from workbench.core.files import atomic_write_bytes, repo_root
+from workbench.tasks.registry import REGISTRY, SPLITS, read_task_file, resolve_data_dir, validate_task_data
+
+
+def default_target() -> Path:
+    return repo_root() / "data" / "tasks"
+
+
+def _source_dir(src: Path) -> Path:
+    if not src.is_dir():
+        raise FileNotFoundError(f"--from {src} is not a directory")
+    if not any(src.glob("*.json")) and any((src / "tasks").glob("*.json")):
+        return src / "tasks"
+    return src
+
+
+def _task_files(src: Path, tasks: Sequence[str] | None) -> list[Path]:
+    if tasks:
+        missing = [t for t in tasks if not (src / f"{t}.json").is_file()]
+        if missing:
+            raise FileNotFoundError(f"no task file for {missing} in {src}")
+        return [src / f"{t}.json" for t in tasks]
+    files = sorted(p for p in src.glob("*.json") if p.name != "templates.json")
+    if not files:
+        raise FileNotFoundError(f"no task files (*.json) in {src}")
+    return files
+
+
+def prepare_from(src: str | os.PathLike, dst: str | os.PathLike | None = None,
+                 tasks: Sequence[str] | None = None) -> list[Path]:
+    """Validate every task file in `src` (all, or `tasks`) and copy it to `dst`; returns the written paths.
+
+    All files are validated before any is written, so a bad file leaves the target untouched.
+    """
+    src_dir = _source_dir(Path(src))
+    target = Path(dst) if dst is not None else default_target()
+    files = _task_files(src_dir, tasks)
+    payloads = []
+    for f in files:
+        read_task_file(f)  # raises TaskDataError naming file / split / item
+        payloads.append((target / f.name, f.read_bytes()))
+    if target.resolve() == src_dir.resolve():
+        return [p for p, _ in payloads]
+    for path, data in payloads:
+        atomic_write_bytes(path, data)
+    return [p for p, _ in payloads]
+
+
+def encode_task(splits: dict) -> bytes:
+    """Canonical bytes of a task file: keys train, valid, test in order, compact, UTF-8."""
+    obj = {s: [{"input": r["input"], "output": r["output"]} for r in splits[s]] for s in SPLITS}
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def prepare_hub(dst: str | os.PathLike | None = None, tasks: Sequence[str] | None = None,
+                loader=None) -> list[Path]:
+    """Build task files from the hub (default: the 25 paper tasks) and write them atomically."""
+    from workbench.tasks import hub_builders
+
+    target = Path(dst) if dst is not None else default_target()
+    names = list(tasks) if tasks else list(REGISTRY)
+    written = []
+    for name in names:
+        splits = hub_builders.load_hub_task(name, **({"loader": loader} if loader else {}))
+        validate_task_data(splits, f"hub build of {name}")
+        path = target / f"{name}.json"
+        atomic_write_bytes(path, encode_task(splits))
+        written.append(path)
+    return written
+
+
+def check(data_dir: str | os.PathLike | None = None) -> dict[str, dict[str, int]]:
+    """Validate every task file of the data folder; returns split sizes per task."""
+    d = resolve_data_dir(data_dir)
+    return {p.stem: {s: len(v) for s, v in read_task_file(p).items()} for p in sorted(d.glob("*.json"))}
+

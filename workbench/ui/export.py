@@ -1,0 +1,100 @@
+"""Figure and table export into a run folder: self-contained HTML (+ PNG when a browser exists), CSV tables.
+
+PNG export (:func:`save_figure`) uses plotly + kaleido 1.x, which drives a Chrome/Chromium browser. kaleido finds one
+through choreographer: the ``BROWSER_PATH`` environment variable if set, else ``chromium``/``chromium-browser``/
+``google-chrome``… on ``PATH`` (or ``/usr/bin/chromium``). On Debian ``apt-get install -y chromium`` is enough. Without
+a browser the HTML is still written and the PNG skipped with one warning. Every write is atomic
+(:mod:`workbench.core.files`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from workbench.core.files import _atomic_open, atomic_write_bytes, atomic_write_text
+
+_png_warned = False
+
+
+def find_browser() -> str | None:
+    """The Chrome/Chromium executable kaleido would use (``BROWSER_PATH``, ``PATH``, typical paths), or None."""
+    try:
+        from choreographer.browsers.chromium import Chromium
+    except ImportError:
+        return None
+    try:
+        path = Chromium.find_browser(skip_local=False)
+    except Exception:  # noqa: BLE001 - discovery is best effort
+        return None
+    return path if path and os.access(path, os.X_OK) else None
+
+
+def _warn_png(reason: str) -> None:
+    global _png_warned
+    if not _png_warned:
+        _png_warned = True
+        warnings.warn(
+            f"PNG export skipped ({reason}); the HTML is still written. kaleido needs a Chrome/Chromium browser: "
+            "`apt-get install -y chromium` (Debian), or set BROWSER_PATH=/path/to/chrome. "
+            "This warning is shown once per process.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def save_figure(
+    fig: Any, run_dir: str | os.PathLike, name: str, *, png: bool | None = None,
+    width: int | None = None, height: int | None = None, scale: float = 2.0,
+) -> dict[str, Path]:
+    """Save a plotly figure as ``run_dir/name.html`` (self-contained: plotly.js embedded, works offline) and
+    ``run_dir/name.png`` (via kaleido; skipped with one warning if no browser is found or export fails).
+
+    ``png=None`` follows ``$ATV_PNG`` (``0`` turns PNG export off, e.g. in tests: each PNG starts a browser, ~5 s).
+    Returns ``{"html": path}`` plus ``"png": path`` when the PNG was written.
+    """
+    import plotly.io as pio
+
+    _check_name(name)
+    run_dir = Path(run_dir)
+    out = {"html": atomic_write_text(run_dir / f"{name}.html",
+                                     pio.to_html(fig, include_plotlyjs=True, full_html=True))}
+    if png is None:
+        png = os.environ.get("ATV_PNG", "1") != "0"
+    if not png:
+        return out
+    if find_browser() is None:
+        _warn_png("no Chrome/Chromium found")
+        return out
+    try:
+        data = pio.to_image(fig, format="png", width=width, height=height, scale=scale)
+    except Exception as err:  # noqa: BLE001 - a missing/broken browser must not crash a notebook
+        _warn_png(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+        return out
+    out["png"] = atomic_write_bytes(run_dir / f"{name}.png", data)
+    return out
+
+
+def setup_notebook(renderer: str = "plotly_mimetype+notebook") -> None:
+    """Plotly renderer for the notebooks: interactive in JupyterLab and embedded (offline) in HTML exports."""
+    import plotly.io as pio
+
+    pio.renderers.default = renderer
+
+
+def _check_name(name: str) -> str:
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"name must be a plain file stem without directories, got {name!r}")
+    return name
+
+
+def save_table(df: Any, run_dir: str | os.PathLike, name: str, **to_csv_kwargs: Any) -> Path:
+    """Write a pandas DataFrame to ``run_dir/name.csv`` atomically (``index=False`` unless given); returns the path."""
+    _check_name(name)
+    to_csv_kwargs.setdefault("index", False)
+    path = Path(run_dir) / f"{name}.csv"
+    with _atomic_open(path, "w") as f:
+        df.to_csv(f, **to_csv_kwargs)
+    return path
