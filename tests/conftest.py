@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random-init models (fast) and the embedded models (session-scoped, loaded once)."""
+"""Shared fixtures: tiny random-init models (fast) and the embedded models (session-scoped, loaded once).
+
+The suite runs in a random order (pytest-randomly, a dev dependency): the seed is printed at the end of every run,
+also with ``-q``; ``pytest --randomly-seed=N`` replays that order, ``-p no:randomly`` runs in file order.
+"""
 
 from __future__ import annotations
 
@@ -40,3 +44,10 @@ def minilm():
     import workbench as wb
 
     return wb.load_encoder("minilm-l6")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the test-order seed even with ``-q`` (pytest-randomly prints it only in the header)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"test order: pytest-randomly seed {seed}; replay with --randomly-seed={seed}")

@@ -47,8 +47,8 @@ def run(out: Path | None = None):
 def test_two_processes_match_one(tmp_path):
     out = tmp_path / "two.pt"
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           __file__, str(out)]
+    # --standalone: a c10d rendezvous on localhost:0, i.e. the OS picks a free port (no fixed port to collide on)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(out)]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = torch.load(out)

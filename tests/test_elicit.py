@@ -30,13 +30,14 @@ def test_library_and_best_layer(fitted):
         assert method.best_layers[name] == best and set(sweep["logprob"]) == {0, 2}
         torch.testing.assert_close(method.vectors[name], method.library[[i for i, t in enumerate(method.entry_tasks)
                                                                          if t == name]].mean(0))
-    assert method.norms()["toy_yesno"].shape == (lm.num_layers,)
+    assert method.vectors["toy_yesno"].shape == (lm.num_layers, lm.hidden_size)
     assert -1 <= method.threshold <= 1
 
 
-def test_retrieval_injects_mean_of_top_k_at_majority_layer(fitted):
+def test_retrieval_injects_mean_of_top_k_at_majority_layer(fitted, monkeypatch):
     lm, tasks, method = fitted
-    method.threshold, texts = -1.0, texts_for(tasks[0])
+    monkeypatch.setattr(method, "threshold", -1.0)  # the fixture is shared: never leave it changed
+    texts = texts_for(tasks[0])
     batch = method.prepare(lm, tasks[0], tasks[0].test, texts)
     assert not any(row["fallback"] for row in batch.info)
     scores, idx = method.index.top_k(texts, 3)
@@ -50,25 +51,25 @@ def test_retrieval_injects_mean_of_top_k_at_majority_layer(fitted):
     assert not torch.allclose(next_token_logits(lm, batch.prompts, batch.intervention), next_token_logits(lm, batch.prompts))
 
 
-def test_falls_back_below_threshold(fitted):
+def test_falls_back_below_threshold(fitted, monkeypatch):
     lm, tasks, method = fitted
     texts = texts_for(tasks[2])
     sims = method.index.top_k(texts, 1)[0][:, 0]
-    method.threshold = float(sims.median())
+    monkeypatch.setattr(method, "threshold", float(sims.median()))
     batch = method.prepare(lm, tasks[2], tasks[2].test, texts)
     assert [row["fallback"] for row in batch.info] == (sims < method.threshold).tolist()
     zero = next_token_logits(lm, batch.prompts)
     with_vec = next_token_logits(lm, batch.prompts, batch.intervention)
     for j, row in enumerate(batch.info):
         assert torch.equal(with_vec[j], zero[j]) == row["fallback"]
-    method.threshold = 1.01
+    monkeypatch.setattr(method, "threshold", 1.01)
     batch = method.prepare(lm, tasks[2], tasks[2].test, texts)
     assert batch.intervention is None and all(row["fallback"] and row["retrieved_task"] is None for row in batch.info)
 
 
-def test_evaluate_records_retrieval(fitted):
+def test_evaluate_records_retrieval(fitted, monkeypatch):
     lm, tasks, method = fitted
-    method.threshold = -1.0
+    monkeypatch.setattr(method, "threshold", -1.0)
     df = ev.evaluate(lm, method, tasks, n_test=2, templates=[1], prefixes=["A:"], progress=False)
     assert len(df) == 6 and {"retrieved_task", "similarity", "fallback", "layer"} <= set(df.columns)
     assert not df["fallback"].any()

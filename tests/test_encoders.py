@@ -59,3 +59,19 @@ def test_bucketed_encode_equals_one_batch(llama_lm, name):
         grads.append((out.detach(), torch.cat([p.grad.flatten() for p in enc.parameters() if p.grad is not None])))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
     assert float((grads[0][1] - grads[1][1]).norm() / grads[1][1].norm()) < 1e-4
+
+
+def test_scratch_encoder_empty_or_invalid_text_is_a_clear_error():
+    """An empty text used to give a reshape RuntimeError (alone) or pool padding (in a batch)."""
+    from workbench.core.testing import tiny_model
+
+    lm = tiny_model("llama", texts=TEXTS)
+    enc = load_encoder("scratch:1x32", tokenizer=lm.tokenizer, seed=0)
+    for texts, index in (([""], 0), (["hello", "", "world"], 1)):
+        with pytest.raises(ValueError, match=f"text {index} .*tokenizes to zero tokens.*scratch:1x32"):
+            enc.encode(texts)
+    with pytest.raises(ValueError, match="text 1 is not valid text"):
+        enc.encode(["hello", "\ud800"])
+    with pytest.raises(ValueError, match="text 0 is int"):
+        enc.encode([3])
+    assert enc.encode(["hello", "world"]).shape == (2, 32)

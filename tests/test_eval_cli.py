@@ -8,6 +8,7 @@ import json
 import pytest
 
 from workbench import cli
+from workbench.core.testing import tiny_model
 from workbench.cli.eval import add_arguments, make_method, parse_prefixes, parse_tasks, parse_templates
 from workbench.methods.prompting import BM25FewShot, FewShot, ZeroShot
 
@@ -57,3 +58,24 @@ def test_end_to_end(tmp_path, capsys):
     config = json.loads((run / "config.json").read_text())
     assert config["n_test"] == 2 and config["method"] == {"name": "zero-shot"}
     assert json.loads((run / "efficiency.json").read_text())["summary"]["n_items"] == 2
+
+
+def test_no_cache_flag_reaches_evaluate(monkeypatch, capsys):
+    """`--no-cache` turns the shared-prefix evaluation off (evaluate gets cache=False); the default is on."""
+    from workbench.cli import eval as eval_cli
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_evaluate(*args, **kwargs):
+        seen.append(kwargs["cache"])
+        raise Stop
+
+    monkeypatch.setattr(eval_cli, "evaluate", fake_evaluate)
+    monkeypatch.setattr(eval_cli, "load_model", lambda *a, **k: tiny_model("llama"))
+    for flags, expected in (([], True), (["--no-cache"], False)):
+        with pytest.raises(Stop):
+            cli.main(["eval", "--tasks", "glue_sst2", "--n-test", "1", "--no-progress", *flags])
+        assert seen[-1] is expected

@@ -5,12 +5,16 @@ from __future__ import annotations
 import collections
 import json
 import math
+import mmap
+import warnings
 
-import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from workbench.core.interventions import Injection
 from workbench.core.testing import tiny_model
+from workbench.eval import efficiency
 from workbench.eval.efficiency import PeakMemory, efficiency_table
 from workbench.eval.evaluate import evaluate, sample_items
 from workbench.eval.runs import RunConfigMismatch, finished_tasks, load_run
@@ -197,11 +201,109 @@ def test_summarize_needs_columns():
         summarize(pd.DataFrame({"task": ["a"], "seed": [1]}))
 
 
-def test_peak_memory_sees_an_allocation():
-    with PeakMemory("cpu", interval=0.001) as mem:
-        block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB
-        block[::4096] = 2
-        import time
+def _touch_fresh_pages(nbytes: int) -> mmap.mmap:
+    """An anonymous mapping of `nbytes` with every page written: pages that were not resident before (no allocator)."""
+    block = mmap.mmap(-1, nbytes)
+    for offset in range(0, nbytes, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
 
-        time.sleep(0.05)
-    assert mem.result["increase_bytes"] >= 32 << 20 and mem.result["peak_bytes"] >= mem.result["start_bytes"]
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu") as mem:
+        block = _touch_fresh_pages(64 << 20)  # still mapped when the block ends: both measurements must see it
+    block.close()
+    assert mem.result["memory_kind"] in ("cpu_peak_rss", "cpu_peak_rss_sampled")
+    assert mem.result["increase_bytes"] >= 48 << 20 and mem.result["peak_bytes"] >= mem.result["start_bytes"] + (48 << 20)
+
+
+def test_peak_memory_sees_a_freed_spike_and_nests():
+    """A spike freed inside the block counts (the kernel's high-water mark, not a sample); so does an inner block's."""
+    if not efficiency._reset_hwm():
+        pytest.skip("/proc/self/clear_refs is not writable here: PeakMemory falls back to sampling RSS")
+    with PeakMemory("cpu", interval=3600) as outer:  # the sampler (if it ran) would only look at start and end
+        with PeakMemory("cpu", interval=3600) as inner:
+            _touch_fresh_pages(64 << 20).close()
+        _touch_fresh_pages(16 << 20).close()
+    assert inner.result["memory_kind"] == outer.result["memory_kind"] == "cpu_peak_rss"
+    assert inner.result["increase_bytes"] >= 48 << 20 and outer.result["increase_bytes"] >= 48 << 20
+
+
+def test_peak_memory_falls_back_to_sampling(monkeypatch):
+    monkeypatch.setattr(efficiency, "_CLEAR_REFS", "/nonexistent/clear_refs")
+    with PeakMemory("cpu") as mem:
+        block = _touch_fresh_pages(16 << 20)
+    block.close()
+    assert mem.result["memory_kind"] == "cpu_peak_rss_sampled" and mem.result["increase_bytes"] >= 12 << 20
+
+
+# ----------------------------------------------------------------------------------------------- garbage logits
+class Blowup(ZeroShot):
+    """Zero-shot, but on `task_name` a vector of norm ~1e38 is added at every layer: the logits become NaN."""
+
+    def __init__(self, task_name: str) -> None:
+        self.task_name = task_name
+
+    def prepare(self, lm, task, items, texts, seed=42):
+        batch = super().prepare(lm, task, items, texts, seed)
+        if task.name == self.task_name:
+            batch.intervention = Injection(torch.ones(lm.num_layers, lm.hidden_size), scale=3e38)
+        return batch
+
+
+def test_garbage_logits_flagged_scored_wrong_and_warned_once(lm, tasks):
+    kwargs = dict(n_test=2, templates=[0], prefixes=["A:", "Answer:"], progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = evaluate(lm, Blowup("toy_b"), tasks, **kwargs)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "4 of 8 rows" in messages[0] and "toy_b (4)" in messages[0]
+    assert "toy_a" not in messages[0]
+    bad, good = df[df.task == "toy_b"], df[df.task == "toy_a"]
+    assert bad["bad_logits"].all() and not good["bad_logits"].any()
+    assert not bad[["correct", "correct_loose", "label_correct", "primary_correct", "in_labels"]].any().any()
+    assert bad["prediction"].isna().all() and bad["label_prediction"].isna().all()
+    assert good["prediction"].notna().all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # clean logits: no warning
+        assert not evaluate(lm, ZeroShot(), tasks, **kwargs)["bad_logits"].any()
+
+
+# ----------------------------------------------------------------------------------------------- chat flag
+def test_chat_and_primary_correct_columns(lm, tasks):
+    df = evaluate(lm, ZeroShot(), tasks[:1], n_test=3, progress=False)
+    assert df["chat"].dtype == bool and not df["chat"].any()
+    assert df["primary_correct"].equals(df["correct"])  # raw prompts: the strict official score
+    chat_lm = tiny_model("llama", texts=WORDS + TEMPLATES + ["assistant"])
+    chat_lm.tokenizer.chat_template = ("{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+                                       "{% if add_generation_prompt %}assistant\n{% endif %}")
+    chat_lm.chat = True
+    df = evaluate(chat_lm, ZeroShot(), tasks[:1], n_test=3, progress=False)
+    assert df["chat"].all() and df["primary_correct"].equals(df["correct_loose"])
+
+
+def test_resumed_rows_without_chat_columns_get_them(lm, tasks, tmp_path):
+    first = evaluate(lm, ZeroShot(), tasks[:1], n_test=2, run_dir=tmp_path, progress=False)
+    path = tmp_path / "results" / "toy_a.parquet"
+    pd.read_parquet(path).drop(columns=["chat", "primary_correct"]).to_parquet(path)
+    again = evaluate(lm, ZeroShot(), tasks[:1], n_test=2, run_dir=tmp_path, progress=False)
+    assert again["primary_correct"].equals(first["primary_correct"]) and not again["chat"].any()
+
+
+def test_evaluate_task_steps_compose_to_the_rows(lm, tasks):
+    """The named steps of evaluate_task (sample, variant texts, run one batch, score, assemble) give its rows."""
+    from workbench.eval.evaluate import AnswerTokens, BatchResult, batch_rows, run_batch, score_row, variant_texts
+
+    task, method = tasks[0], FewShot(k=2)
+    df = evaluate(lm, method, [task], n_test=3, templates=[1], prefixes=["A:"], seeds=(7,), progress=False)
+    indices = sample_items(task, 3, 7)
+    items = [task.test[i] for i in indices]
+    texts = variant_texts(task, items, 1, "A:")
+    prepared, logits, latency = run_batch(lm, method, task, items, texts, 7)
+    answers = AnswerTokens(lm.tokenizer)
+    assert [score_row(answers, task, it, p, logits[j])["prediction"] for j, (it, p) in
+            enumerate(zip(items, prepared.prompts))] == df["prediction"].tolist()
+    rows = pd.DataFrame(batch_rows(lm, method, task, BatchResult(7, 1, "A:", indices, items, prepared, logits, latency),
+                                   answers))
+    cols = [c for c in df.columns if c != "latency"]
+    pd.testing.assert_frame_equal(rows[cols], df[cols], check_dtype=False)

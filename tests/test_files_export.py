@@ -169,3 +169,35 @@ def test_save_figure_export_error_is_a_warning(tmp_path, monkeypatch):
         out = save_figure(_fig(), tmp_path, "c")
     assert set(out) == {"html"}
     assert os.listdir(tmp_path) == ["c.html"]
+
+
+def test_notebook_figures_are_json_and_html_export_adds_plotly_once(tmp_path):
+    """Issue #13 item 4: outputs carry the plotly mimetype only; the HTML export inlines plotly.js (offline) once."""
+    import nbformat
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    previous = pio.renderers.default
+    try:
+        export.setup_notebook()
+        fig = go.Figure(go.Scatter(x=[1, 2], y=[3, 4]), layout_title_text="t")
+        bundle = fig._repr_mimebundle_(include=None, exclude=None)
+    finally:
+        pio.renderers.default = previous
+    assert set(bundle) == {export.PLOTLY_MIME} and len(json.dumps(bundle)) < 100_000
+    assert export.figure_bundle(fig)["text/plain"] == "<Figure: t>"
+    nb = nbformat.v4.new_notebook()
+    out = nbformat.v4.new_output("display_data", data=export.figure_bundle(fig))
+    nb.cells = [nbformat.v4.new_code_cell("fig", outputs=[out]), nbformat.v4.new_code_cell("fig", outputs=[out.copy()])]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    assert path.stat().st_size < 100_000
+    from workbench.ui.notebooks import export_html
+
+    page = export_html(path).read_text(encoding="utf-8")
+    from plotly.offline import get_plotlyjs
+
+    bundle_head = get_plotlyjs()[:200]
+    assert page.count(bundle_head) == 1 and page.count("Plotly.newPlot") >= 2
+    assert "window.define = undefined" in page  # plotly.js defines window.Plotly although require.js is on the page
+    assert export.embed_plotly(nbformat.read(path, as_version=4)) == 2

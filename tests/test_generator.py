@@ -111,3 +111,34 @@ def test_atv_runs_in_evaluate(llama_lm):
     df = evaluate(llama_lm, ATV(make(llama_lm), scale=0.5), [load_task("glue_sst2")], n_test=2, templates=[0],
                   prefixes=["A:"], progress=False)
     assert len(df) == 2
+
+
+def test_save_never_replaces_what_it_did_not_write(llama_lm, tmp_path):
+    """Issue #12: save over a folder of the user's files (or over a file) must refuse, naming the path."""
+    from workbench.atv.generator import is_checkpoint
+
+    gen = make(llama_lm)
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=f"{mine}.*folder the workbench did not write.*overwrite=True"):
+        gen.save(mine)
+    (tmp_path / "file.txt").write_text("keep me too")
+    with pytest.raises(FileExistsError, match="file.txt.*a file"):
+        gen.save(tmp_path / "file.txt")
+    assert (mine / "notes.txt").read_text() == "keep me" and (tmp_path / "file.txt").read_text() == "keep me too"
+    assert not is_checkpoint(mine) and not is_checkpoint(tmp_path / "file.txt") and not is_checkpoint(tmp_path / "no")
+    gen.save(tmp_path / "g")
+    assert is_checkpoint(tmp_path / "g")
+    gen.save(tmp_path / "g")  # its own checkpoint: replaced
+    gen.save(mine, overwrite=True)
+    assert is_checkpoint(mine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "g", "results"]  # no .x.old-PID, no temp
+
+
+def test_load_restores_the_training_tasks(llama_lm, tmp_path):
+    gen = make(llama_lm)
+    gen.meta = {"scale": 0.5, "tasks": ["glue_sst2", "crows_pairs"], "train_config": {"tasks": ["glue_sst2", "crows_pairs"]}}
+    gen.save(tmp_path / "g")
+    assert ATVGenerator.read_meta(tmp_path / "g")["tasks"] == ["glue_sst2", "crows_pairs"]
+    assert ATVGenerator.load(tmp_path / "g", llama_lm).meta["tasks"] == ["glue_sst2", "crows_pairs"]

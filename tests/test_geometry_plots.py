@@ -51,3 +51,50 @@ def test_figures_build():
     assert len(plots.sweep_figure(sweep).data) == 2
     with pytest.raises(ValueError, match="missing"):
         plots.accuracy_bars(table.drop(columns="accuracy"))
+
+
+def test_umap_map_prints_no_warning():
+    """Notebook 04 showed umap's 'n_jobs value 1 overridden' UserWarning in red above the t-SNE figure."""
+    import warnings
+
+    x = np.random.default_rng(0).standard_normal((20, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert geometry.project_2d(x, method="umap", seed=0).shape == (20, 2)
+
+
+def category_table_like(sd: float) -> pd.DataFrame:
+    """What compare.category_table returns: categories, the Unseen category and the two group averages."""
+    rows = []
+    for method in ("zero-shot", "static-tv"):
+        for cat, acc in (("NLU", 50.0), ("Unseen", 40.0), ("in_domain", 50.0), ("unseen", 40.0)):
+            rows.append({"method": method, "category": cat, "accuracy": acc, "sd": sd})
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_bars_labels_and_error_bars():
+    fig = plots.accuracy_bars(category_table_like(sd=0.0))
+    xs = {x for t in fig.data for x in t.x}
+    assert xs == {"NLU", "in-domain avg.", "unseen avg."}, xs  # one unseen group, readable names
+    assert {t.name for t in fig.data} == {"zero-shot", "static TV"}  # canonical names through the label map
+    assert all(t.error_y.array is None for t in fig.data)  # one seed: no zero-height error bars
+    with_sd = plots.accuracy_bars(category_table_like(sd=3.0))
+    assert all(t.error_y.array is not None for t in with_sd.data)
+    nan_sd = plots.accuracy_bars(category_table_like(sd=float("nan")))
+    assert all(t.error_y.array is None for t in nan_sd.data)
+
+
+def test_all_zero_accuracies_start_at_zero():
+    zero = category_table_like(sd=0.0).assign(accuracy=0.0)
+    assert tuple(plots.accuracy_bars(zero).layout.yaxis.range) == (0.0, 10.0)
+    sweep = pd.DataFrame({"scale": [1e-3, 1e-2], "layers": ["all", "all"], "accuracy": [0.0, 0.0]})
+    fig = plots.sweep_figure(sweep, reference=30.0)
+    assert fig.layout.yaxis.range[0] == 0.0 and fig.layout.yaxis.range[1] > 30.0  # the zero-shot line is inside
+
+
+def test_sweep_figure_marks_positions_apart():
+    same = pd.DataFrame({"scale": [0.1, 0.1], "layers": ["all", "all"], "positions": ["last", "all"],
+                         "accuracy": [50.0, 50.0]})
+    fig = plots.sweep_figure(same, symbol="positions")
+    symbols = [t.marker.symbol for t in fig.data]
+    assert len(fig.data) == 2 and len(set(symbols)) == 2 and any("open" in s for s in symbols)

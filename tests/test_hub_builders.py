@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-datasets = pytest.importorskip("datasets")
+import datasets  # noqa: E402  (a core dependency: never skipped)
 
 from workbench.tasks import hub_builders as H  # noqa: E402
 from workbench.tasks.registry import load_task  # noqa: E402

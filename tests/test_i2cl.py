@@ -43,7 +43,7 @@ def test_context_vectors_are_mean_module_outputs(fitted):
     cv = method.vectors["toy_sentiment"]
     assert cv.shape == (lm.num_layers, 2, lm.hidden_size)
     torch.testing.assert_close(cv[2], expected, rtol=1e-5, atol=1e-6)
-    assert method.norms()["toy_yesno"].shape == (lm.num_layers, 2)
+    assert method.vectors["toy_yesno"].shape == (lm.num_layers, 2, lm.hidden_size)
 
 
 def test_coefficients_move_during_calibration(fitted):

@@ -193,3 +193,107 @@ def test_generate_steps_first_vs_all(llama_lm):
     every = wb.generate(llama_lm, ["hello world"], inj, max_new_tokens=6, steps="all")
     clean = wb.generate(llama_lm, ["hello world"], max_new_tokens=6)
     assert len({first[0], every[0], clean[0]}) >= 2
+
+
+# --------------------------------------------------------------------------------------------- the protocol
+def _all_interventions(lm):
+    from workbench.core.interventions import ContextInjection, MaskedInjection, Replacement
+
+    L, d = lm.num_layers, lm.hidden_size
+    inj = wb.Injection(torch.zeros(L, d))
+    return [inj, MaskedInjection(inj, torch.ones(1, 3)), Replacement(torch.zeros(L, d)),
+            ContextInjection(torch.zeros(L, 2, d), torch.zeros(L, 2, 2))]
+
+
+def test_every_intervention_implements_the_whole_protocol(llama_lm):
+    from workbench.core.interventions import INTERVENTION_MEMBERS, Intervention, as_intervention
+
+    assert set(INTERVENTION_MEMBERS) == {"requires_grad", "check", "apply", "describe", "positions"}
+    for obj in _all_interventions(llama_lm):
+        assert isinstance(obj, Intervention) and as_intervention(obj) is obj
+        assert obj.positions in ("last", "all", "mask")
+        assert obj.requires_grad is False and isinstance(obj.describe(), dict)
+        assert obj.check(llama_lm, 1) is None
+    L, d = llama_lm.num_layers, llama_lm.hidden_size
+    assert wb.Injection(torch.zeros(L, d, requires_grad=True)).requires_grad
+
+
+def test_object_missing_a_protocol_member_is_rejected(llama_lm):
+    """The old inference took anything with an `apply` (no check, no requires_grad): now every member is needed."""
+    inj = wb.Injection(torch.zeros(llama_lm.num_layers, llama_lm.hidden_size))
+
+    class OnlyApply:
+        def apply(self, lm, rows, attention_mask):
+            inj.apply(lm, rows, attention_mask)
+
+        def describe(self):
+            return {}
+
+    with pytest.raises(ValueError, match="must be an Intervention.*OnlyApply lacks requires_grad, check, positions"):
+        wb.next_token_logits(llama_lm, ["hello"], OnlyApply())
+    with pytest.raises(ValueError, match="OnlyApply lacks requires_grad, check, positions"):
+        wb.generate(llama_lm, ["hello"], OnlyApply(), max_new_tokens=1)
+
+
+# --------------------------------------------------------------------------------------------- layer specs
+def test_layers_accept_numpy_integers(llama_lm):
+    import numpy as np
+
+    L, d = llama_lm.num_layers, llama_lm.hidden_size
+    assert wb.resolve_layers([np.int64(2), np.int32(0)], L) == [0, 2]
+    assert wb.resolve_layers(np.array([3, 1]), L) == [1, 3]
+    inj = wb.Injection(torch.ones(L, d), scale=0.5, layers=[np.int64(1), np.int64(2)])
+    assert inj.describe()["layers"] == [1, 2] and all(type(i) is int for i in inj.describe()["layers"])
+    plain = wb.Injection(torch.ones(L, d), scale=0.5, layers=[1, 2])
+    assert torch.equal(wb.next_token_logits(llama_lm, PROMPTS, inj), wb.next_token_logits(llama_lm, PROMPTS, plain))
+    with pytest.raises(ValueError, match="non-empty ints"):
+        wb.resolve_layers([np.float64(1.0)], L)
+
+
+def test_negative_layer_names_the_real_range(llama_lm):
+    L, d = llama_lm.num_layers, llama_lm.hidden_size
+    with pytest.raises(ValueError, match=rf"layer index -1 out of range: this model has layers 0\.\.{L - 1}"):
+        wb.resolve_layers([-1], L)
+    inj = wb.Injection(torch.zeros(L, d), layers=[-1])  # range unknown until the model is: checked in check()
+    with pytest.raises(ValueError, match=rf"layer index -1 out of range: this model has layers 0\.\.{L - 1} "):
+        wb.next_token_logits(llama_lm, ["hello"], inj)
+
+
+# --------------------------------------------------------------------------------------------- bad prompts
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_prompt_longer_than_the_model_raises_or_truncates(arch):
+    """gpt2 (learned positions) used to raise IndexError, llama (RoPE) silently ran past its positions."""
+    from workbench.core.testing import tiny_model
+
+    lm = tiny_model(arch, texts=["hello world"], **({"n_positions": 16} if arch == "gpt2" else {"max_position_embeddings": 16}))
+    long = " ".join(["hello"] * 30)
+    prompts = ["hello world", long]
+    with pytest.raises(ValueError, match=r"prompt 1 has (30|31) tokens, more than the limit of 16.*truncate='left'"):
+        wb.next_token_logits(lm, prompts)
+    with pytest.raises(ValueError, match="prompt 1 has"):
+        wb.last_token_states(lm, prompts)
+    with pytest.raises(ValueError, match="prompt 3 has"):  # its index in the whole list, not in its sub-batch
+        wb.next_token_logits(lm, ["hello"] * 3 + [long], batch_size=2)
+    cut = wb.next_token_logits(lm, prompts, truncate="left")
+    ids = lm.tokenizer(long)["input_ids"][-16:]
+    assert torch.allclose(cut[1], wb.next_token_logits(lm, [lm.tokenizer.decode(ids)])[0], atol=1e-5)
+    assert torch.allclose(cut[0], wb.next_token_logits(lm, ["hello world"])[0], atol=1e-5)
+    assert wb.last_token_states(lm, prompts, truncate="left").shape[0] == 2
+    with pytest.raises(ValueError, match="minus 4 new tokens"):
+        wb.generate(lm, [" ".join(["hello"] * 14)], max_new_tokens=4)
+    with pytest.raises(ValueError, match="unknown truncate 'right'"):
+        wb.next_token_logits(lm, prompts, truncate="right")
+
+
+def test_empty_prompt_raises_alone_and_in_a_batch(llama_lm):
+    """Alone it raised; inside a batch its row was all padding and got garbage logits."""
+    for prompts, index in ((["   "], 0), (["hello", "   ", "world"], 1)):
+        with pytest.raises(ValueError, match=f"prompt {index} .* tokenizes to zero tokens"):
+            wb.next_token_logits(llama_lm, prompts)
+
+
+def test_lone_surrogate_is_a_clear_error(llama_lm):
+    with pytest.raises(ValueError, match=r"prompt 1 is not valid text.*surrogate"):
+        wb.next_token_logits(llama_lm, ["hello", "bad \ud800 text"])
+    with pytest.raises(ValueError, match="prompt 0 is not valid text"):
+        wb.last_token_states(llama_lm, ["\udfff"])

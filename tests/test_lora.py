@@ -26,9 +26,14 @@ def test_lora_trains_and_removal_restores_base(arch, expected):
     method = LoRA(epochs=2, n_train=2, batch_size=4, lr=1e-2).fit(lm, tasks[:2])
     assert method.trainable_parameters == expected
     assert method.losses[-1] < method.losses[0]
-    with method.active(lm):
-        adapted = next_token_logits(lm, PROMPTS)
+    with method.attached(lm):  # the unmerged adapter, as trained
+        unmerged = next_token_logits(lm, PROMPTS)
         assert any("lora_" in n for n, _ in lm.hf.named_parameters())
+    with method.active(lm):  # merged into the weights: no LoRA module left for nnsight to trace
+        adapted = next_token_logits(lm, PROMPTS)
+        assert not any("lora_" in n for n, _ in lm.hf.named_parameters())
+        assert set(dict(lm.hf.named_parameters())) == set(params)
+    torch.testing.assert_close(adapted, unmerged, atol=1e-5, rtol=0)  # merging changes nothing but float noise
     assert not torch.allclose(adapted, base)
     assert torch.equal(next_token_logits(lm, PROMPTS), base)
     after = dict(lm.hf.named_parameters())

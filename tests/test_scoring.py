@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import pytest
 import torch
@@ -78,10 +76,8 @@ def test_score_logits_hand_made():
     assert rec["label_prediction"] == [3, 4, 5, 5]
     assert rec["label_correct"] == [True, True, False, False]
     assert rec["in_labels"] == [True, False, True, False]
-    assert S.format_adherence(rec["in_labels"]) == 0.5
     plain = S.score_logits(logits, torch.tensor([3, 7, 0, 0]))
     assert plain["correct"] == [True, True, False, False] and plain["in_labels"] == [None] * 4
-    assert math.isnan(S.format_adherence(plain["in_labels"]))
     with pytest.raises(ValueError, match=r"\[B, V\]"):
         S.score_logits(logits[0], [3])
     with pytest.raises(ValueError, match="3 target ids for 4 rows"):
@@ -114,11 +110,29 @@ def test_consistency_formula():
     by_task = S.consistency_by_task(df)
     assert by_task["t1"] == pytest.approx((1 / 3 + 1) / 2)
     assert by_task["t2"] == 0.0
-    assert S.consistency(df) == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert S.item_consistency(df)["consistency"].mean() == pytest.approx((1 / 3 + 1 + 0) / 3)
     # seeds are separate groups
     df2 = pd.concat([df, df.assign(seed=10, prediction=7)])
     assert S.item_consistency(df2)["n_variants"].min() == 3
     with pytest.raises(ValueError, match="missing"):
-        S.consistency(df.drop(columns="item"))
+        S.consistency_by_task(df.drop(columns="item"))
 
 
+
+
+def test_garbage_logits_are_scored_wrong_with_no_prediction():
+    logits = torch.full((5, 6), -1.0)
+    logits[0, 2] = 3.0                      # a real row: predicts 2
+    logits[1] = 0.0                         # all equal: argmax would be token 0, the first label
+    logits[2, 4] = float("nan")
+    logits[3, 1] = float("inf")
+    logits[4, 0] = -float("inf")
+    assert S.bad_logit_rows(logits).tolist() == [False, True, True, True, True]
+    rec = S.score_logits(logits, [2, 0, 0, 1, 0], label_ids=[0, 1, 2])
+    assert rec["bad_logits"] == [False, True, True, True, True]
+    assert rec["prediction"] == [2, None, None, None, None] and rec["label_prediction"] == [2, None, None, None, None]
+    assert rec["correct"] == [True, False, False, False, False]
+    assert rec["label_correct"] == [True, False, False, False, False]
+    assert rec["in_labels"] == [True, False, False, False, False]
+    plain = S.score_logits(logits, [2, 0, 0, 1, 0])
+    assert plain["correct"] == [True, False, False, False, False] and plain["label_correct"] == [None] * 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -64,12 +65,17 @@ def test_unknown_task_lists_valid_names():
     assert "commonsense_qa" in str(e.value) and "bbh_word_sorting" in str(e.value)
 
 
+#: sha256 of ELICIT's dataset_files/natural_prompts_manual.json (LINs-lab/ELICIT@aa47dac4d6f9; data/SOURCES.md).
+ELICIT_TEMPLATES_SHA256 = "7ac7dcaf3a33bbbf9698aa4b3b04072bae9cbb837c1bfbd7b4545342c051e029"
+
+
 def test_template_resource_is_a_copy():
+    """The packaged templates are ELICIT's file byte for byte (checked by hash: no skip without the shared folder)."""
+    packaged = (Path(T.__file__).parents[1] / "resources" / "templates.json").read_bytes()
+    assert hashlib.sha256(packaged).hexdigest() == ELICIT_TEMPLATES_SHA256
     shared = Path(T.repo_root()).parent / "shared" / "data" / "templates.json"
-    if not shared.is_file():
-        pytest.skip("no shared data folder")
-    packaged = Path(T.__file__).parents[1] / "resources" / "templates.json"
-    assert packaged.read_bytes() == shared.read_bytes()
+    if shared.is_file():
+        assert packaged == shared.read_bytes()
 
 
 def _write(d: Path, name: str, obj) -> Path:
@@ -139,3 +145,46 @@ def test_malformed_files_name_file_split_item(tmp_path, obj, pattern):
     with pytest.raises(T.TaskDataError, match=pattern) as e:
         T.load_task("glue_qnli", data_dir=tmp_path)
     assert str(path) in str(e.value)
+
+
+def test_non_utf8_task_file_names_the_file(tmp_path):
+    path = tmp_path / "glue_qnli.json"
+    path.write_bytes(json.dumps(GOOD).replace("q?", "caf\u00e9?").encode("latin-1"))  # \xe9: not UTF-8
+    with pytest.raises(T.TaskDataError, match=r"not UTF-8 text \(byte 0xe9 at offset \d+\); task files must be UTF-8"
+                       ) as e:
+        T.load_task("glue_qnli", data_dir=tmp_path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["folder", "broken symlink"])
+@pytest.mark.parametrize("name", ["glue_qnli", "my_extra"])
+def test_task_path_that_is_not_a_file(tmp_path, kind, name):
+    path = tmp_path / f"{name}.json"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "gone.json")
+    _write(tmp_path, "other_extra", GOOD)
+    with pytest.raises(T.TaskDataError, match="is a folder, not a task file" if kind == "folder"
+                       else r"is a broken symlink \(to .*gone.json.*which does not exist\)") as e:
+        T.load_task(name, data_dir=tmp_path)
+    assert str(path) in str(e.value)
+    with pytest.raises(T.TaskDataError, match=str(path)):  # `data check` reports it too, instead of "does not exist"
+        T.read_task_file(path)
+
+
+@pytest.mark.parametrize("name", ["../data/glue_sst2", "a/b", "/abs/glue_sst2", "..", ".", "", ".hidden", "a\\b",
+                                  "x\0y"])
+def test_task_names_must_be_plain(tmp_path, name):
+    _write(tmp_path, "glue_qnli", GOOD)
+    with pytest.raises(ValueError, match="is not a plain name.*no path separators, no '..'"):
+        T.load_task(name, data_dir=tmp_path)
+    assert T.check_task_name("glue_qnli") == "glue_qnli"
+
+
+def test_task_name_with_path_reaching_a_real_file_is_refused(tmp_path):
+    """``../x/glue_qnli`` resolves to a real file outside the data folder; it is refused, not loaded."""
+    (tmp_path / "data").mkdir()
+    _write(tmp_path / "x", "glue_qnli", GOOD)
+    with pytest.raises(ValueError, match="not a plain name"):
+        T.load_task("../x/glue_qnli", data_dir=tmp_path / "data")

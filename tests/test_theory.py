@@ -221,3 +221,25 @@ def test_input_dependence_and_static_fit():
     small, big = fit.set_index("n_queries").loc[8], fit.set_index("n_queries").loc[64]
     assert small.exact and small.train_rel_err <= 1e-10 and small.test_rel_err > 0.1
     assert not big.exact and big.train_rel_err > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_torch_in_torch_out(dtype):
+    import workbench as wb  # the facade exposes the analysis modules
+
+    assert wb.theory.atv_to_lora is atv_to_lora and {"theory", "geometry", "sweeps"} <= set(wb.__all__)
+    g = torch.Generator().manual_seed(0)
+    v, a, x = (torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype) for shape in ((3, DS), (DS, D), (3, D)))
+    w_down, w_up = wb.theory.atv_to_lora(v, a, 0.5, x)
+    assert all(isinstance(w, torch.Tensor) and w.dtype == dtype and w.device == x.device for w in (w_down, w_up))
+    assert w_down.shape == (D, DS) and w_up.shape == (DS, D)
+    delta = lora_increment(w_down, w_up, x)
+    assert isinstance(delta, torch.Tensor) and delta.dtype == dtype
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 5e-2}[dtype]
+    assert reconstruction_error(atv_increment(v, a, 0.5), delta)["rel_err"] <= tol
+    scale, v2, a2 = lora_to_atv(w_down, w_up, x)
+    assert isinstance(scale, float) and isinstance(v2, torch.Tensor) and v2.dtype == a2.dtype == dtype
+    assert isinstance(rank_conditions(x, v, a, 0.5)["exact"], bool)
+    mixed = atv_increment(v.double().numpy(), a, 0.5)  # any tensor argument -> a tensor result
+    assert isinstance(mixed, torch.Tensor) and mixed.dtype == dtype
+    assert isinstance(atv_increment(v.double().numpy(), a.double().numpy()), np.ndarray)  # numpy in -> numpy out

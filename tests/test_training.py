@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,11 +16,13 @@ from workbench.atv.training import TrainConfig, train_atv
 from workbench.cli.train import add_arguments, build
 from workbench.core.encoders import load_encoder
 from workbench.core.testing import tiny_model
+from workbench.tasks.registry import Item, Task
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
 ITEMS = [(f"{a} {b}", "positive" if i % 2 else "negative") for i, (a, b) in enumerate(zip(WORDS, WORDS[3:] + WORDS[:3]))]
-TASK = SimpleNamespace(name="synth", templates=["Review: {input}", "Text: {input} ?", "Q {input}"],
-                       train=ITEMS, valid=ITEMS[:4], test=ITEMS)
+TASK = Task(name="synth", category="NLU", domain="NLU", templates=["Review: {input}", "Text: {input} ?", "Q {input}"],
+            labels=("positive", "negative"), in_domain=True, train=[Item(*it) for it in ITEMS],
+            valid=[Item(*it) for it in ITEMS[:4]], test=[Item(*it) for it in ITEMS])
 FAST = {"n_train": 8, "batch_size": 4, "scale": 1.0, "lr": 1e-2, "valid_items": 4}
 
 
@@ -90,7 +91,7 @@ def test_resume_gives_the_same_weights(lm, tmp_path):
     assert list(df.epoch) == [1, 2, 3] and df.train_loss.tolist() == df_full.train_loss.tolist()
     for k, v in weights(full).items():
         assert torch.equal(v, weights(resumed)[k]), k
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["LATEST", "epoch-003"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".lock", "LATEST", "epoch-003"]
     back = ATVGenerator.load(tmp_path / "b" / "epoch-003" / "generator", lm)
     assert back.meta["train_config"]["epochs"] == 3
     with pytest.raises(ValueError, match="another config.*lr"):
@@ -156,11 +157,39 @@ def test_shared_generator_text_is_encoded_once(lm):
     assert torch.allclose(vectors, gen([e.generator_text for e in batcher.examples]), atol=1e-6)
 
 
-def test_optimizer_is_adam_fused_where_available(lm):
+def _torch_has_fused_adam(device: torch.device) -> bool:
+    """torch's own answer: the device types its fused optimizer kernels support (private helper, else a trial)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        try:
+            torch.optim.Adam([torch.nn.Parameter(torch.zeros(1, device=device))], fused=True)
+        except (RuntimeError, ValueError):
+            return False
+        return True
+    return device.type in _get_fused_kernels_supported_devices()
+
+
+def test_optimizer_is_adam_fused_where_available(monkeypatch):
+    """make_optimizer promises Adam, fused where torch has the kernel for the device, else plain Adam (same lr / wd)."""
     from workbench.atv.training import make_optimizer
 
-    opt = make_optimizer([torch.nn.Parameter(torch.zeros(3))], TrainConfig())
-    assert type(opt) is torch.optim.Adam and opt.defaults["fused"] and opt.defaults["weight_decay"] == 1e-5
+    param = torch.nn.Parameter(torch.zeros(3))
+    opt = make_optimizer([param], TrainConfig(lr=3e-3))
+    assert type(opt) is torch.optim.Adam and opt.defaults["weight_decay"] == 1e-5 and opt.defaults["lr"] == 3e-3
+    assert bool(opt.defaults["fused"]) == _torch_has_fused_adam(param.device)
+
+    real = torch.optim.Adam
+
+    def no_fused_kernel(params, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused_kernel)
+    fallback = make_optimizer([param], TrainConfig(lr=3e-3))
+    assert type(fallback) is real and not fallback.defaults["fused"]
+    assert fallback.defaults["weight_decay"] == 1e-5 and fallback.defaults["lr"] == 3e-3
 
 
 @pytest.mark.parametrize("scale", [math.nan, math.inf, 0.0, -1e-3])
@@ -197,3 +226,104 @@ def test_presets():
     preset, config = build(parser.parse_args(["--preset", "cpu-demo", "--epochs", "2", "--tasks", "glue_sst2", "--naive"]))
     assert config.epochs == 2 and not config.fast_path and preset.tasks == ("glue_sst2",)
     assert config.scale == presets["cpu-demo"].config.scale
+
+
+# --------------------------------------------------------------------------------------------- tasks by name
+ONE = {"n_train": 2, "batch_size": 1, "scale": 1.0, "lr": 1e-2, "valid_items": 0, "epochs": 1}
+TASK2 = Task(name="synth2", category="NLU", domain="NLU", templates=TASK.templates, labels=TASK.labels, in_domain=True,
+             train=TASK.train[::-1], valid=TASK.valid, test=TASK.test)
+
+
+def test_tasks_by_name_task_or_mixed_list(lm, tmp_path):
+    """`wb.train_atv(lm, gen, ["glue_sst2"], cfg)` used to raise AttributeError ('str' has no attribute 'train')."""
+    from workbench.tasks.registry import load_task
+
+    df = train_atv(lm, generator(lm), "glue_sst2", TrainConfig(**ONE), progress=False)
+    assert df.attrs["config"]["tasks"] == ["glue_sst2"]
+    gen = generator(lm)
+    df = train_atv(lm, gen, ["glue_sst2", TASK, load_task("glue_sst2"), "glue_sst2"], TrainConfig(**ONE),
+                   checkpoint_dir=tmp_path, progress=False)
+    assert df.attrs["config"]["tasks"] == ["glue_sst2", "synth"] and gen.meta["tasks"] == ["glue_sst2", "synth"]
+    assert train_atv(lm, generator(lm), TASK, TrainConfig(**ONE), progress=False).attrs["config"]["tasks"] == ["synth"]
+    saved = ATVGenerator.read_meta(tmp_path / "epoch-001" / "generator")
+    assert saved["tasks"] == saved["train_config"]["tasks"] == ["glue_sst2", "synth"]
+    assert ATVGenerator.load(tmp_path / "epoch-001" / "generator", lm).meta["tasks"] == ["glue_sst2", "synth"]
+    with pytest.raises(ValueError, match=r"element 1 of tasks, 3 \(int\) is neither a task name nor a Task"):
+        train_atv(lm, generator(lm), ["glue_sst2", 3], TrainConfig(**ONE), progress=False)
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        train_atv(lm, generator(lm), ["nope"], TrainConfig(**ONE), progress=False)
+    with pytest.raises(ValueError, match=r"config.tasks \['glue_sst2'\] differ from the tasks given"):
+        train_atv(lm, generator(lm), [TASK], TrainConfig(tasks=("glue_sst2",), **ONE), progress=False)
+
+
+# --------------------------------------------------------------------------------------------- checkpoint safety
+def test_resume_with_other_tasks_or_config_names_the_difference(lm, tmp_path):
+    train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"another config \(tasks: checkpoint \['synth'\], now \['synth', 'synth2'\]\)"):
+        train_atv(lm, generator(lm), [TASK, TASK2], TrainConfig(**ONE), checkpoint_dir=tmp_path, resume=True,
+                  progress=False)
+    with pytest.raises(ValueError, match=r"another config \(seed: checkpoint 42, now 1\)"):
+        train_atv(lm, generator(lm), [TASK], TrainConfig(seed=1, **ONE), checkpoint_dir=tmp_path, resume=True,
+                  progress=False)
+    df = train_atv(lm, generator(lm), [TASK], TrainConfig(**{**ONE, "epochs": 2}), checkpoint_dir=tmp_path,
+                   resume=True, progress=False)
+    assert list(df.epoch) == [1, 2]
+
+
+def test_fresh_run_never_deletes_earlier_checkpoints(lm, tmp_path):
+    """Issue #12: a run without resume into a folder of checkpoints used to rotate them away."""
+    train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path, progress=False)
+    before = (tmp_path / "epoch-001" / "training_state.pt").read_bytes()
+    with pytest.raises(FileExistsError, match=r"already holds checkpoints \(epoch-001\); pass resume=True"):
+        train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path, progress=False)
+    assert (tmp_path / "epoch-001" / "training_state.pt").read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="resume=True but .* holds no complete checkpoint"):
+        train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path / "empty", resume=True,
+                  progress=False)
+
+
+def test_resume_without_latest_finds_the_newest_complete_checkpoint(lm, tmp_path):
+    config = TrainConfig(**{**FAST, "epochs": 2})
+    full = generator(lm)
+    train_atv(lm, full, [TASK], config, progress=False)
+    train_atv(lm, generator(lm), [TASK], TrainConfig(**{**FAST, "epochs": 1}), checkpoint_dir=tmp_path, progress=False)
+    (tmp_path / "LATEST").write_text("epoch-009\n")  # stale pointer (e.g. a crash or a hand edit)
+    resumed = generator(lm, seed=1)
+    df = train_atv(lm, resumed, [TASK], config, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert list(df.epoch) == [1, 2] and sorted(p.name for p in tmp_path.iterdir()) == [".lock", "LATEST", "epoch-002"]
+    assert all(torch.equal(v, weights(resumed)[k]) for k, v in weights(full).items())
+    (tmp_path / "LATEST").unlink()
+    df = train_atv(lm, generator(lm), [TASK], TrainConfig(**{**FAST, "epochs": 3}), checkpoint_dir=tmp_path,
+                   resume=True, progress=False)
+    assert list(df.epoch) == [1, 2, 3]
+
+
+def test_second_training_on_a_locked_folder_fails_at_once(lm, tmp_path):
+    import threading
+
+    from workbench.atv.checkpoints import CheckpointBusy, checkpoint_lock
+
+    held, release = threading.Event(), threading.Event()
+
+    def other_training():
+        with checkpoint_lock(tmp_path):
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=other_training)
+    thread.start()
+    try:
+        assert held.wait(60)
+        with pytest.raises(CheckpointBusy, match="in use by another training .*pid .* on host"):
+            train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path, progress=False)
+    finally:
+        release.set()
+        thread.join()
+    assert not any(p.name.startswith("epoch-") for p in tmp_path.iterdir())
+    train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path, progress=False)
+
+
+def test_example_longer_than_the_model_is_a_clear_error():
+    short = tiny_model("gpt2", texts=WORDS + ["Review", "Text", "Q"], n_positions=6)
+    with pytest.raises(ValueError, match=r"train item \d+ of task 'synth' \(template 0\) has \d+ tokens.*6 positions"):
+        train_atv(short, generator(short), [TASK], TrainConfig(**ONE), progress=False)

@@ -6,9 +6,11 @@
     history = wb.train_atv(lm, generator, [wb.load_task("glue_sst2")], wb.TrainConfig(epochs=2))
     df = wb.evaluate(lm, wb.methods.ATV(generator), ["glue_sst2"], n_test=20)
     wb.summarize(df)
+    wb.theory.atv_to_lora(v_small, A, scale, x)         # analyses: wb.theory, wb.geometry, wb.sweeps
 """
 
 from workbench import methods
+from workbench.analysis import geometry, sweeps, theory
 from workbench.atv.generator import ATVGenerator
 from workbench.atv.presets import presets
 from workbench.atv.training import TrainConfig, train_atv
@@ -18,14 +20,15 @@ from workbench.core.interventions import Injection, resolve_layers
 from workbench.core.models import LanguageModel, load_model
 from workbench.eval.efficiency import efficiency_table
 from workbench.eval.evaluate import evaluate
+from workbench.eval.stats import paired
 from workbench.eval.tables import summarize, tables_like_paper
 from workbench.methods.base import Method, PreparedBatch
 from workbench.tasks.registry import Task, load_task, task_names
 
 __all__ = [
     "ATVGenerator", "Encoder", "Injection", "LanguageModel", "Method", "PreparedBatch", "Task", "TrainConfig",
-    "efficiency_table", "evaluate", "generate", "last_token_states", "load_encoder", "load_model", "load_task",
-    "methods", "next_token_logits", "presets", "resolve_layers", "summarize", "tables_like_paper", "task_names",
-    "train_atv",
+    "efficiency_table", "evaluate", "generate", "geometry", "last_token_states", "load_encoder", "load_model",
+    "load_task", "methods", "next_token_logits", "paired", "presets", "resolve_layers", "summarize", "sweeps",
+    "tables_like_paper", "task_names", "theory", "train_atv",
 ]
 __version__ = "0.1.0"

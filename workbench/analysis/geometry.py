@@ -53,7 +53,8 @@ def project_2d(features: np.ndarray | torch.Tensor, method: str = "tsne", seed: 
         return TSNE(n_components=2, perplexity=float(min(30, max(1, (n - 1) / 3))), random_state=seed, init="pca").fit_transform(x)
     import umap
 
-    return umap.UMAP(n_components=2, n_neighbors=int(min(15, max(2, n - 1))), random_state=seed).fit_transform(x)
+    # n_jobs=1: what a fixed random_state forces anyway (umap warns when it has to override the default -1)
+    return umap.UMAP(n_components=2, n_neighbors=int(min(15, max(2, n - 1))), random_state=seed, n_jobs=1).fit_transform(x)
 
 
 def vector_map(

@@ -9,7 +9,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from workbench.core.interventions import LayerSpec
+from workbench.eval.evaluate import evaluate
 from workbench.methods.base import Method
+from workbench.tasks.registry import TaskSpec, resolve_tasks
 
 MethodFactory = Callable[[float, LayerSpec, str], Method]
 
@@ -22,26 +24,34 @@ def layer_label(layers: LayerSpec) -> str:
     return f"{indices[0]}–{indices[-1]}" if indices == list(range(indices[0], indices[-1] + 1)) else ",".join(map(str, indices))
 
 
-def accuracy_of(lm: Any, method: Method, tasks: Any, **evaluate_kwargs: Any) -> dict:
-    """Mean first-token accuracy (%) of `method` and the number of scored rows."""
-    from workbench.eval.evaluate import evaluate
+def accuracy_of(lm: Any, method: Method, tasks: TaskSpec, **evaluate_kwargs: Any) -> dict:
+    """Accuracy (%) of `method` on the primary score (loose on chat prompts, strict on raw ones), the
+    label-restricted accuracy (%) and the number of scored rows.
 
-    df = evaluate(lm, method, tasks, **evaluate_kwargs)
-    return {"accuracy": 100.0 * float(df["correct"].mean()), "n": len(df)}
+    `tasks`: a task name, a Task or a list mixing both (:func:`workbench.tasks.registry.resolve_tasks`).
+    """
+    df = evaluate(lm, method, resolve_tasks(tasks, evaluate_kwargs.pop("data_dir", None)), **evaluate_kwargs)
+    label = df["label_correct"].dropna().astype(float)
+    return {"accuracy": 100.0 * float(df["primary_correct"].mean()),
+            "label_accuracy": 100.0 * float(label.mean()) if len(label) else float("nan"), "n": len(df)}
 
 
 def sweep(
     lm: Any,
     make_method: MethodFactory,
-    tasks: Any,
+    tasks: TaskSpec,
     scales: Sequence[float],
     layer_specs: Sequence[LayerSpec] = ("all", "bottom", "middle", "top"),
     positions: Sequence[str] = ("last",),
     **evaluate_kwargs: Any,
 ) -> pd.DataFrame:
-    """Evaluate ``make_method(scale, layers, positions)`` on every grid point; one row per point."""
+    """Evaluate ``make_method(scale, layers, positions)`` on every grid point; one row per point.
+
+    `tasks` (a task name, a Task or a list mixing both) are resolved once, before the first grid point.
+    """
     if not scales or not layer_specs or not positions:
         raise ValueError("scales, layer_specs and positions must each list at least one value")
+    tasks = resolve_tasks(tasks, evaluate_kwargs.pop("data_dir", None))
     rows = []
     grid = list(itertools.product(scales, layer_specs, positions))
     for scale, layers, pos in tqdm(grid, desc="sweep"):

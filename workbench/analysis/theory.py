@@ -1,6 +1,8 @@
 """Theorem 1 of the ATV paper (§3.3, proof in Appendix A.1), checked numerically: ATV ⇔ LoRA at equal rank.
 
-Notation (paper → code); every array is a NumPy array (torch CPU tensors are accepted and converted):
+Notation (paper → code). Arrays are NumPy arrays or torch tensors: NumPy in -> NumPy out; when any argument is a
+torch tensor the results are torch tensors with the inputs' (promoted) floating dtype on the first tensor's device
+(the arithmetic runs in NumPy on the CPU; float16 / bfloat16 inputs are computed in float32 and cast back):
 
 ======================  ==============  =============================================================
 paper                   code            shape
@@ -28,11 +30,13 @@ The paper uses d_in = d_out = d_ℓ; the code allows them to differ. A 1-D ``x``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import pandas as pd
+import torch
 
 __all__ = [
     "atv_increment", "atv_to_lora", "equivalence_sweep", "input_dependence", "lora_increment", "lora_to_atv",
@@ -40,9 +44,45 @@ __all__ = [
 ]
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+#: NumPy array or torch tensor (the public functions return the kind they are given)
+Array = np.ndarray | torch.Tensor
+
+
+def _to_numpy(a: Any) -> Any:
+    if not isinstance(a, torch.Tensor):
+        return a
+    a = a.detach().cpu()
+    return (a.float() if a.dtype in (torch.float16, torch.bfloat16) else a).numpy()
+
+
+def _torch_io(fn: F) -> F:
+    """Run `fn` on NumPy arrays; if any argument is a torch tensor, return its arrays as torch tensors (dtype
+    promoted over the tensor arguments' floating dtypes, device of the first tensor argument)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        result = fn(*(_to_numpy(a) for a in args), **{k: _to_numpy(v) for k, v in kwargs.items()})
+        if not tensors:
+            return result
+        floats = [t.dtype for t in tensors if t.is_floating_point()]
+        dtype = functools.reduce(torch.promote_types, floats) if floats else None
+        device = tensors[0].device
+
+        def back(x: Any) -> Any:
+            if isinstance(x, np.ndarray):
+                t = torch.from_numpy(np.ascontiguousarray(x))
+                return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+            return tuple(back(v) for v in x) if isinstance(x, tuple) else x
+
+        return back(result)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _arr(name: str, a: Any, ndims: tuple[int, ...] = (1, 2)) -> np.ndarray:
-    if hasattr(a, "detach"):  # torch tensor
-        a = a.detach().cpu().numpy()
+    a = _to_numpy(a)
     a = np.asarray(a)
     if a.dtype.kind not in "fiu":
         raise ValueError(f"{name} must be a real numeric array, got dtype {a.dtype}")
@@ -66,7 +106,8 @@ def _out(delta: np.ndarray, one_row: bool) -> np.ndarray:
     return delta[0] if one_row else delta
 
 
-def atv_increment(v_small: Any, A: Any, scale: float = 1.0) -> np.ndarray:
+@_torch_io
+def atv_increment(v_small: Any, A: Any, scale: float = 1.0) -> Array:
     """ATV's additive update ``scale * v_small @ A``: shape ``(d_out,)`` for 1-D ``v_small``, else ``(n, d_out)``."""
     v, a = _common(_arr("v_small", v_small), _arr("A", A, (2,)))
     if v.shape[-1] != a.shape[0]:
@@ -74,7 +115,8 @@ def atv_increment(v_small: Any, A: Any, scale: float = 1.0) -> np.ndarray:
     return v.dtype.type(scale) * v @ a
 
 
-def lora_increment(W_down: Any, W_up: Any, x: Any, s: float = 1.0) -> np.ndarray:
+@_torch_io
+def lora_increment(W_down: Any, W_up: Any, x: Any, s: float = 1.0) -> Array:
     """LoRA's additive update ``s * x @ W_down @ W_up``: shape ``(d_out,)`` for 1-D ``x``, else ``(n, d_out)``."""
     wd, wu, xx = _common(_arr("W_down", W_down, (2,)), _arr("W_up", W_up, (2,)), _arr("x", x))
     if wd.shape[1] != wu.shape[0] or xx.shape[-1] != wd.shape[0]:
@@ -116,6 +158,7 @@ def _in_colspace(x2: np.ndarray, t: np.ndarray) -> tuple[bool, float]:
     return bool(rel <= np.sqrt(np.finfo(t.dtype).eps)), rel
 
 
+@_torch_io
 def rank_conditions(
     x: Any, v_small: Any = None, A: Any = None, scale: float = 1.0, *,
     W_down: Any = None, W_up: Any = None, rank: int | None = None, d_s: int | None = None,
@@ -177,9 +220,10 @@ def _truncate(delta: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return left, right
 
 
+@_torch_io
 def atv_to_lora(
     v_small: Any, A: Any, scale: float, x: Any, *, rank: int | None = None, strict: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[Array, Array]:
     """Step 3 (ATV ⇒ LoRA): ``(W_down, W_up)`` with ``x @ W_down @ W_up == scale * v_small @ A`` (LoRA scale s = 1).
 
     Shapes: ``v_small (d_s,)`` or ``(n, d_s)``; ``A (d_s, d_out)``; ``x (d_in,)`` or ``(n, d_in)`` (a single
@@ -212,9 +256,10 @@ def atv_to_lora(
     return np.linalg.pinv(x2) @ left, w_up
 
 
+@_torch_io
 def lora_to_atv(
     W_down: Any, W_up: Any, x: Any, *, d_s: int | None = None, strict: bool = True
-) -> tuple[float, np.ndarray, np.ndarray]:
+) -> tuple[float, Array, Array]:
     """Step 4 (LoRA ⇒ ATV): ``(scale, v_small, A)`` with ``scale * v_small @ A == x @ W_down @ W_up``.
 
     Shapes: ``W_down (d_in, r)``, ``W_up (r, d_out)``, ``x (d_in,)`` or ``(n, d_in)``. Returns a float ``scale``,
@@ -253,9 +298,10 @@ def lora_to_atv(
     return scale, _out(v, one_row), a
 
 
+@_torch_io
 def reconstruction_error(target: Any, approx: Any) -> dict[str, float]:
     """``{"max_abs_err": max |approx - target|, "rel_err": ‖approx - target‖_F / ‖target‖_F}`` (in float64)."""
-    t, a = np.asarray(target, np.float64), np.asarray(approx, np.float64)
+    t, a = np.asarray(_to_numpy(target), np.float64), np.asarray(_to_numpy(approx), np.float64)
     if t.shape != a.shape:
         raise ValueError(f"target has shape {t.shape} but approx has shape {a.shape}")
     diff = a - t

@@ -19,17 +19,15 @@ from collections.abc import Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache
 
-from workbench.atv.examples import pad_left
 from workbench.atv.loss import IGNORE, per_example_ce
 from workbench.core.batching import length_buckets
 from workbench.core.interventions import Injection, MaskedInjection
+from workbench.core.kv_cache import KV, cache_kwarg, check_budget, collate, prefix_kvs
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
 
-KV = torch.Tensor  # one prompt's cache: [layers, 2 (keys, values), kv heads, tokens, head_dim]; empty: no tokens
 
 
 class PrefixStore:
@@ -39,12 +37,7 @@ class PrefixStore:
     prefix they share (computed once and kept) and bucketed by length so that little padding is run."""
 
     def __init__(self, budget_mb: float = 2048, batch_tokens: int = 2048):
-        if not budget_mb >= 0:
-            raise ValueError(f"cache_budget_mb must be >= 0, got {budget_mb!r}")
-        if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
-            raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
-        self.budget = int(budget_mb * 2**20)
-        self.batch_tokens = batch_tokens
+        self.budget, self.batch_tokens = check_budget(budget_mb, batch_tokens, "cache_budget_mb")
         self.used = 0
         self.hits = self.misses = 0
         self._data: dict[Hashable, KV] = {}
@@ -128,40 +121,6 @@ class PrefixStore:
                 "hits": self.hits, "misses": self.misses}
 
 
-@torch.no_grad()
-def prefix_kvs(lm: LanguageModel, seqs: Sequence[Sequence[int]], head: tuple[int, KV] | None = None) -> list[KV]:
-    """Keys/values of each of `seqs` at every layer: one right-padded forward pass without autograd (a real token
-    attends only to earlier tokens, so the padding after it changes nothing). `head` = (n, kv of the first n
-    tokens, which every sequence shares), computed before: only the tokens after it are run."""
-    n, head_kv = head if head is not None and head[0] > 0 else (0, None)
-    out: list[KV | None] = [torch.empty(0) if not s else head_kv if len(s) == n else None for s in seqs]
-    rows = [i for i, kv in enumerate(out) if kv is None]
-    if not rows:
-        return out
-    B, T = len(rows), max(len(seqs[i]) for i in rows)
-    ids = torch.full((B, T - n), lm.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    mask[:, :n] = 1
-    for r, i in enumerate(rows):
-        ids[r, : len(seqs[i]) - n] = torch.tensor(list(seqs[i][n:]))
-        mask[r, n: len(seqs[i])] = 1
-    cache = None
-    if head_kv is not None:
-        cache = DynamicCache([(kv[0][None].expand(B, -1, -1, -1), kv[1][None].expand(B, -1, -1, -1)) for kv in head_kv],
-                             config=lm.hf.config)
-    # the decoder without its LM head: only keys/values are wanted
-    res = lm.hf.base_model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), past_key_values=cache,
-                           use_cache=True, position_ids=torch.arange(n, T, device=lm.device).repeat(B, 1))
-    layers = res.past_key_values.layers
-    if len({(layer.keys.shape, layer.values.shape) for layer in layers}) > 1:
-        raise ValueError(f"{lm.name}: its layers cache keys/values of different shapes (e.g. sliding-window layers), "
-                         "which the prefix-cached fast path does not support; use TrainConfig(fast_path=False)")
-    full = torch.stack([torch.stack([layer.keys, layer.values]) for layer in layers])  # [L, 2, B, h, T, hd]
-    for r, i in enumerate(rows):
-        out[i] = full[:, :, r, :, : len(seqs[i])].clone()
-    return out
-
-
 def head_lengths(prefixes: Sequence[Sequence[int]], groups: Sequence[Hashable]) -> list[int]:
     """Per prefix, the length of the token prefix it shares with every prefix of its group (e.g. the chat header
     and instruction of one task template): computed once and reused (0 for groups of one)."""
@@ -178,29 +137,6 @@ def head_lengths(prefixes: Sequence[Sequence[int]], groups: Sequence[Hashable]) 
         for i in idx:
             out[i] = n
     return out
-
-
-def collate(lm: LanguageModel, kvs: Sequence[KV], lengths: Sequence[int], store: PrefixStore | None = None,
-            ) -> tuple[DynamicCache | None, torch.Tensor]:
-    """One left-padded cache [B, heads, Tp, head_dim] per layer from per-example prefixes, and its mask [B, Tp].
-
-    With a `store`, the batch is written into its reusable workspace: a fresh buffer of this size costs more in
-    page faults than the copy itself. That is safe because the cache's first update replaces each layer's tensors
-    by ``torch.cat(old, new)``, which autograd does not keep, so the workspace is free again after the forward."""
-    Tp = max(lengths)
-    mask = pad_left([[1] * n for n in lengths], 0)[1] if Tp else torch.zeros((len(lengths), 0), dtype=torch.long)
-    if Tp == 0:
-        return None, mask
-    ref = next(kv for kv in kvs if kv.numel())
-    L, _, heads, _, dim = ref.shape
-    shape = (L, 2, len(kvs), heads, Tp, dim)  # one copy per example, then a view per layer
-    buf = ref.new_empty(shape) if store is None else store.workspace(shape, ref)
-    for i, kv in enumerate(kvs):
-        pad = Tp - lengths[i]
-        buf[:, :, i, :, :pad] = 0  # masked, but must be finite (0 * inf would leak NaN through attention)
-        if lengths[i]:
-            buf[:, :, i, :, pad:] = kv
-    return DynamicCache([(buf[layer, 0], buf[layer, 1]) for layer in range(L)], config=lm.hf.config), mask
 
 
 def fast_pair_losses(
@@ -223,7 +159,7 @@ def fast_pair_losses(
         store, keys = PrefixStore(0), list(range(len(pairs)))
     kvs = store.prefixes(lm, keys, prefixes, heads)
     lengths = [len(p) for p in prefixes]
-    cache, prefix_mask = collate(lm, kvs, lengths, store)
+    cache, prefix_mask = collate(lm, kvs, store.workspace)
     # the last answer token predicts nothing that is scored, so it is not run
     suffixes = [[p[-1], *a[:-1]] for p, a in pairs]
     S = max(len(s) for s in suffixes)
@@ -241,8 +177,9 @@ def fast_pair_losses(
     if injection is not None:
         injection.check(lm, len(pairs))
         injection = MaskedInjection(injection, first)
+    extra = {cache_kwarg(lm.hf): cache} if cache is not None else {}
     with lm.nn.trace(input_ids=ids.to(lm.device), attention_mask=attention_mask, position_ids=position_ids.to(lm.device),
-                     past_key_values=cache, use_cache=True):
+                     use_cache=True, **extra):
         if injection is not None:
             injection.apply(lm, slice(None), attention_mask)
         logits = lm.nn.output.logits.save()

@@ -20,17 +20,28 @@ from torch import nn
 
 from workbench.core.architectures import ARCHITECTURES, lora_parameter_count
 from workbench.core.encoders import Encoder, load_encoder
-from workbench.core.files import atomic_dir, atomic_write_text, package_versions
+from workbench.core.files import atomic_dir, atomic_write_text, package_versions, read_json
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
 
 WEIGHTS, META = "generator.safetensors", "generator.json"
+#: fit_input_norm: a feature's scale is at least this fraction of the median feature std.
+INPUT_SCALE_FLOOR = 0.01
+#: What training records in ``gen.meta`` (saved in ``generator.json``, restored by ``load``): the injection settings,
+#: the names of the tasks it was trained on and the whole TrainConfig.
+TRAINING_META = ("scale", "layers", "positions", "generator_input", "tasks", "train_config")
+#: Keys of generator.json that loading needs (read_meta raises FileFormatError naming the first missing one).
+META_KEYS = ("encoder", "pooling", "lm", "num_layers", "hidden_size")
 
 
 def is_checkpoint(directory: Path) -> bool:
-    """Whether `directory` holds a generator checkpoint (and nothing the workbench would not have written there)."""
-    names = {p.name for p in Path(directory).iterdir()}
+    """Whether `directory` is a folder holding a generator checkpoint (and nothing the workbench would not have
+    written there)."""
+    directory = Path(directory)
+    if not directory.is_dir() or directory.is_symlink():
+        return False
+    names = {p.name for p in directory.iterdir()}
     return META in names and names <= {META, WEIGHTS}
 
 
@@ -41,7 +52,7 @@ class CheckpointMismatch(ValueError):
 class ATVGenerator(nn.Module):
     """Small model + expansion ``d_s -> L*d`` (or ``d_s -> bottleneck -> L*d``); ``.vectors(queries) -> [B, L, d]``."""
 
-    def __init__(self, encoder: Encoder, lm: LanguageModel, bottleneck: int | None = None):
+    def __init__(self, encoder: Encoder, lm: LanguageModel, bottleneck: int | None = None, input_norm: bool = False):
         super().__init__()
         if not isinstance(encoder, Encoder):
             raise ValueError(f"encoder must be a wb.Encoder (wb.load_encoder(...)), got {type(encoder).__name__}")  # noqa: TRY004
@@ -55,13 +66,19 @@ class ATVGenerator(nn.Module):
         dim = encoder.dim
         self.projection = nn.Linear(dim, out) if bottleneck is None else nn.Sequential(nn.Linear(dim, bottleneck), nn.Linear(bottleneck, out))
         self.projection.to(next(encoder.parameters()).dtype)
+        if not isinstance(input_norm, bool):
+            raise ValueError(f"input_norm must be True or False, got {input_norm!r}")  # noqa: TRY004
+        self.input_norm = input_norm
+        if input_norm:  # standardise the small model's states before the projection (see fit_input_norm)
+            self.register_buffer("input_mean", torch.zeros(dim))
+            self.register_buffer("input_scale", torch.ones(dim))
         self.meta: dict[str, Any] = {}  # injection settings / train config recorded by training
 
     @classmethod
     def light(cls, encoder: Encoder, lm: LanguageModel, lora_r: int = 8, bottleneck: int = 64,
-              lora_alpha: int = 16, lora_dropout: float = 0.05) -> ATVGenerator:
+              lora_alpha: int = 16, lora_dropout: float = 0.05, input_norm: bool = False) -> ATVGenerator:
         """ATV-Light: peft LoRA (rank `lora_r`) on the small model's attention + a `bottleneck` projection."""
-        gen = cls(encoder, lm, bottleneck=bottleneck)
+        gen = cls(encoder, lm, bottleneck=bottleneck, input_norm=input_norm)
         gen.add_lora(lora_r, lora_alpha, lora_dropout)
         return gen
 
@@ -83,7 +100,43 @@ class ATVGenerator(nn.Module):
     def forward(self, queries: Sequence[str] | torch.Tensor) -> torch.Tensor:
         """``[B, L, d]`` vectors for query texts (or for precomputed small-model states ``[B, d_s]``)."""
         states = queries if isinstance(queries, torch.Tensor) else self.encoder.encode(list(queries))
+        if self.input_norm:
+            states = (states - self.input_mean.to(states.dtype)) / self.input_scale.to(states.dtype)
         return self.projection(states).view(-1, self.num_layers, self.hidden_size)
+
+    @torch.no_grad()
+    def zero_query_weights(self) -> None:
+        """Zero the weight of the projection's last linear map (its bias and any bottleneck stay): the generator
+        starts as one static vector (the bias) and becomes query-dependent only where the gradient asks for it,
+        instead of starting from a random per-query edit the answer format first has to overcome."""
+        last = self.projection if isinstance(self.projection, nn.Linear) else self.projection[-1]
+        last.weight.zero_()
+
+    @torch.no_grad()
+    def fit_input_norm(self, texts: Sequence[str], batch_size: int = 32) -> None:
+        """Set the standardisation of the small model's states (``input_norm=True``) to the per-feature mean and
+        standard deviation over `texts` (the training queries), computed in eval mode; a scale is at least
+        ``INPUT_SCALE_FLOOR`` x the median one, so a (near-)constant feature is not amplified.
+
+        Why: a sentence encoder's pooled states share a large common component (MiniLM-L6, last token: the mean
+        state's norm is about the size of a query's deviation from it). Un-centred, the projection's weight
+        learns the answer format through that component -- ``W s̄`` acts as a second, d_s-times faster bias -- and
+        the query-specific part ``W (s - s̄)`` stays ~0.1 % of the vector (``benchmarks/atv_learns.py``)."""
+        if not self.input_norm:
+            raise ValueError("this generator was built with input_norm=False; use ATVGenerator(..., input_norm=True)")
+        if isinstance(texts, str) or len(texts) < 2:
+            raise ValueError(f"fit_input_norm needs a list of at least 2 texts, got {texts!r:.80}")
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            states = torch.cat([self.encoder.encode(list(texts[i: i + batch_size])).float()
+                                for i in range(0, len(texts), batch_size)])
+        finally:
+            self.encoder.train(was_training)
+        std = states.std(0)
+        self.input_mean.copy_(states.mean(0))
+        # a (near-)constant feature must not be blown up: MiniLM-L6 has one with std ~1e-33 (median 0.14)
+        self.input_scale.copy_(std.clamp(min=max(INPUT_SCALE_FLOOR * float(std.median()), 1e-8)))
 
     def vectors(self, queries: Sequence[str] | torch.Tensor) -> torch.Tensor:
         """Same as calling the module (gradients flow when enabled)."""
@@ -103,7 +156,7 @@ class ATVGenerator(nn.Module):
     def describe(self) -> dict[str, Any]:
         enc = self.encoder
         return {"encoder": enc.name, "pooling": enc.pooling, "encoder_max_length": enc.max_length,
-                "encoder_dim": enc.dim, "bottleneck": self.bottleneck, "lora": self.lora,
+                "encoder_dim": enc.dim, "bottleneck": self.bottleneck, "lora": self.lora, "input_norm": self.input_norm,
                 "lm": self.lm_name, "num_layers": self.num_layers, "hidden_size": self.hidden_size,
                 "dtype": str(next(self.parameters()).dtype).replace("torch.", ""),
                 "trainable_parameters": self.trainable_parameters(), **self.meta}
@@ -126,7 +179,7 @@ class ATVGenerator(nn.Module):
         path = Path(directory) / META
         if not path.is_file():
             raise FileNotFoundError(f"{directory} is not a generator checkpoint (no {META})")
-        return json.loads(path.read_text())
+        return read_json(path, META_KEYS, "the generator.json that ATVGenerator.save writes")
 
     @classmethod
     def load(cls, directory: str | os.PathLike, lm: LanguageModel, encoder: Encoder | None = None) -> ATVGenerator:
@@ -137,12 +190,12 @@ class ATVGenerator(nn.Module):
             scratch = str(meta["encoder"]).startswith("scratch:")
             encoder = load_encoder(meta["encoder"], pooling=meta["pooling"], tokenizer=lm.tokenizer if scratch else None)
             encoder.max_length = int(meta.get("encoder_max_length", encoder.max_length))
-        gen = cls(encoder, lm, bottleneck=meta.get("bottleneck"))
+        gen = cls(encoder, lm, bottleneck=meta.get("bottleneck"), input_norm=bool(meta.get("input_norm", False)))
         if meta.get("lora"):
             lora = meta["lora"]
             gen.add_lora(lora["r"], lora["alpha"], lora["dropout"])
         safetensors.torch.load_model(gen, str(Path(directory) / WEIGHTS))
-        gen.meta = {k: meta[k] for k in ("scale", "layers", "positions", "generator_input", "train_config") if k in meta}
+        gen.meta = {k: meta[k] for k in TRAINING_META if k in meta}
         return gen
 
 

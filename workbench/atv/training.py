@@ -10,6 +10,11 @@ first epoch), the small model's texts run in length buckets, and torch's fused A
 ("bfloat16"/"float16") additionally runs the generator under autocast (mixed precision; weights and the LLM stay
 in their dtype) -- off by default, on in the ``cpu-demo`` preset.
 
+Tasks are given by name, as Task objects or a mix (:func:`workbench.tasks.registry.resolve_tasks`); their names are
+recorded in ``TrainConfig.tasks``, ``df.attrs["config"]`` and the generator's ``generator.json`` (``gen.meta["tasks"]``).
+Checkpoint folders (:mod:`workbench.atv.checkpoints`) are locked for the whole run, never cleared by a fresh run
+(earlier checkpoints need ``resume=True``), and a resume refuses a checkpoint trained with another config.
+
 Runs under 🤗 accelerate: ``accelerate launch --num_processes N script.py`` splits each global batch over the
 processes (``split_batches``), gradients are averaged by DDP, so N processes reach the weights one process reaches
 with the same global batch (``batch_size`` must be divisible by N). Presets live in :mod:`workbench.atv.presets`.
@@ -29,13 +34,22 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from workbench.atv.checkpoints import STATE, check_resume_config, latest_checkpoint, save_checkpoint, set_rng_state
+from workbench.atv.checkpoints import (
+    STATE,
+    check_checkpoint_dir,
+    check_resume_config,
+    checkpoint_lock,
+    latest_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from workbench.atv.examples import GENERATOR_INPUTS, Example, tokenize_pair, training_examples
 from workbench.atv.fastpath import PrefixStore, fast_pair_losses, head_lengths
 from workbench.atv.generator import ATVGenerator, check_compatible
 from workbench.atv.loss import pair_losses
-from workbench.core.interventions import POSITIONS, Injection, resolve_layers
+from workbench.core.interventions import POSITIONS, Injection, layer_spec, resolve_layers
 from workbench.tasks.prompts import PREFIXES, TRAIN_PREFIX
+from workbench.tasks.registry import Task, TaskSpec, resolve_tasks
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
@@ -66,6 +80,7 @@ class TrainConfig:
     encoder_train_mode: str = "train"  # "train" (dropout on, official), "eval" (dropout off), "frozen"
     generator_precision: str = "float32"  # or mixed precision: the generator runs under autocast ("bfloat16"/"float16")
     checkpoint_dir: str | None = None
+    tasks: tuple[str, ...] = ()  # names of the tasks trained on (train_atv sets them)
 
     def validate(self) -> TrainConfig:
         def positive(name: str, integer: bool = False, zero_ok: bool = False) -> None:
@@ -90,11 +105,16 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")  # noqa: TRY004
         Injection(torch.zeros(1, 1), self.scale, self.layers, self.positions)  # layer-spec checks
+        if isinstance(self.tasks, str) or not isinstance(self.tasks, (tuple, list)) or not all(
+                isinstance(t, str) and t for t in self.tasks):
+            raise ValueError(f"tasks must be a tuple of task names, got {self.tasks!r}")
+        self.tasks = tuple(self.tasks)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
+        d["layers"] = layer_spec(self.layers)
+        d["tasks"] = list(self.tasks)
         return d
 
 
@@ -119,6 +139,11 @@ class Batcher:
     def __init__(self, lm: LanguageModel, examples: list[Example], config: TrainConfig, store: PrefixStore, tag: str):
         self.lm, self.examples, self.config, self.store, self.tag = lm, examples, config, store, tag
         self.pairs = [tokenize_pair(lm, ex.prompt(lm), ex.target) for ex in examples]
+        for ex, (prompt, answer) in zip(examples, self.pairs):
+            if len(prompt) + len(answer) > lm.max_length:
+                raise ValueError(f"{ex.split} item {ex.item} of task {ex.task!r} (template {ex.template}) has "
+                                 f"{len(prompt) + len(answer)} tokens with its answer, more than {lm.name}'s "
+                                 f"{lm.max_length} positions")
         self.heads = head_lengths([p[:-1] for p, _ in self.pairs], [(ex.task, ex.template) for ex in examples])
         self.states: torch.Tensor | None = None
 
@@ -200,7 +225,7 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tor
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-# --------------------------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------------------------- training steps
 def make_accelerator(lm: LanguageModel) -> Any:
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 
@@ -208,10 +233,101 @@ def make_accelerator(lm: LanguageModel) -> Any:
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
+def checked_config(config: TrainConfig | None, tasks: list[Task]) -> TrainConfig:
+    """A validated copy of `config` whose ``tasks`` are the names of the tasks trained on."""
+    config = (config or TrainConfig()).validate()
+    names = tuple(t.name for t in tasks)
+    if config.tasks and tuple(config.tasks) != names:
+        raise ValueError(f"config.tasks {list(config.tasks)} differ from the tasks given to train_atv {list(names)}")
+    return dataclasses.replace(config, tasks=names)
+
+
+def build_examples(tasks: list[Task], config: TrainConfig) -> tuple[list[Example], list[list[int]], list[Example]]:
+    """(train examples, their items as example-index groups, valid examples) for `config`."""
+    train = training_examples(tasks, config.n_train, config.seed, config.prefix, config.generator_input)
+    groups = group_items(train)
+    if len(groups) < config.batch_size:
+        raise ValueError(f"only {len(groups)} training items ({len(train)} examples) for batch_size={config.batch_size}: "
+                         "lower batch_size or raise n_train")
+    valid = (training_examples(tasks, config.valid_items, config.seed, config.prefix, config.generator_input,
+                               split="valid") if config.valid_items else [])
+    return train, groups, valid
+
+
+def build_batchers(lm: LanguageModel, generator: ATVGenerator, train: list[Example], valid: list[Example],
+                   config: TrainConfig, progress: bool) -> tuple[Batcher, Batcher | None, PrefixStore, float]:
+    """Tokenized train / valid batchers sharing one prefix store; a frozen small model's states cached; the prefix
+    caches computed (fast path). Returns them with the store and the seconds the prefix pass took."""
+    store = PrefixStore(config.cache_budget_mb)
+    batcher = Batcher(lm, train, config, store, "train")
+    valid_batcher = Batcher(lm, valid, config, store, "valid") if valid else None
+    if config.encoder_train_mode == "frozen":
+        generator.encoder.requires_grad_(False)
+        generator.eval()
+        for b in (batcher, valid_batcher):
+            if b is not None:
+                b.cache_states(generator)
+    prefix_seconds = 0.0
+    if config.fast_path and config.positions == "last":
+        prefix_seconds = sum(b.warm(progress) for b in (batcher, valid_batcher) if b is not None)
+    return batcher, valid_batcher, store, prefix_seconds
+
+
+def set_up_optimizer(generator: ATVGenerator, config: TrainConfig, n_items: int,
+                     accelerator: Any) -> tuple[Any, torch.optim.Optimizer, Any, EpochBatches]:
+    """(prepared model, optimizer, loader of item batches, its epoch sampler)."""
+    optimizer = make_optimizer([p for p in generator.parameters() if p.requires_grad], config)
+    sampler = EpochBatches(n_items, config.batch_size, config.seed)
+    loader = torch.utils.data.DataLoader(list(range(n_items)), batch_sampler=sampler, collate_fn=list)
+    model, optimizer, loader = accelerator.prepare(generator, optimizer, loader)
+    return model, optimizer, loader, sampler
+
+
+def resume_from(checkpoint: Path, generator: ATVGenerator, optimizer: torch.optim.Optimizer) -> tuple[list[dict], int]:
+    """Load weights, optimizer and RNG state from `checkpoint`; returns (history so far, first epoch to run)."""
+    import safetensors.torch
+
+    state = torch.load(checkpoint / STATE, weights_only=False)
+    safetensors.torch.load_model(generator, str(checkpoint / "generator" / "generator.safetensors"))
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return state["history"], state["epoch"] + 1
+
+
+def run_epoch(model: Any, batcher: Batcher, groups: list[list[int]], loader: Any, optimizer: torch.optim.Optimizer,
+              accelerator: Any, epoch: int, config: TrainConfig, ckpt: Path | None, progress: bool) -> float:
+    """One pass over the item batches (one optimizer step each); returns the mean train loss. A non-finite loss
+    stops training with a FloatingPointError naming the epoch, the step and the last good checkpoint."""
+    model.train(config.encoder_train_mode == "train")
+    total, count = 0.0, 0
+    steps = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress)
+    for step, batch in enumerate(steps):
+        losses, _ = batcher.losses(model, [i for g in batch for i in groups[g]])
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            last = latest_checkpoint(ckpt) if ckpt else None
+            where = f"last good checkpoint kept in {last}" if last else "no checkpoint written"
+            raise FloatingPointError(f"non-finite training loss or vectors ({float(loss)}) at epoch {epoch}, step "
+                                     f"{step} (λ={config.scale}, lr={config.lr}); {where}")
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        total += float(accelerator.reduce(loss.detach(), "mean")) * len(batch)
+        count += len(batch)
+        steps.set_postfix(loss=f"{total / count:.4f}")
+    return total / count
+
+
+def history_row(epoch: int, train_loss: float, seconds: float, n_examples: int,
+                validation: tuple[float, float]) -> dict[str, Any]:
+    return {"epoch": epoch, "train_loss": train_loss, "valid_loss": validation[0], "valid_acc": validation[1],
+            "seconds": seconds, "examples_per_s": n_examples / seconds}
+
+
 def train_atv(
     lm: LanguageModel,
     generator: ATVGenerator,
-    tasks: Sequence[Any],
+    tasks: TaskSpec,
     config: TrainConfig | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
@@ -219,92 +335,59 @@ def train_atv(
     progress: bool = True,
     accelerator: Any = None,
 ) -> pd.DataFrame:
-    """Train `generator` to steer the frozen `lm` on `tasks`; returns one row per epoch (epoch, train_loss,
-    valid_loss, valid_acc, seconds, examples_per_s); ``df.attrs`` holds the config, the validation before training
-    and prefix-cache statistics (``seconds``: the prefix pass before the first epoch, not in the epochs' seconds).
-    A checkpoint is written atomically after every epoch when a checkpoint folder is given; ``resume=True``
-    continues from it. `callback(df)` runs after every epoch (e.g. a live plot)."""
-    config = (config or TrainConfig()).validate()
+    """Train `generator` to steer the frozen `lm` on `tasks` (a task name, a Task, or a list mixing them; see
+    :func:`workbench.tasks.registry.resolve_tasks`); returns one row per epoch (epoch, train_loss, valid_loss,
+    valid_acc, seconds, examples_per_s); ``df.attrs`` holds the config (``tasks``: the names trained on), the
+    validation before training and prefix-cache statistics (``seconds``: the prefix pass before the first epoch,
+    not in the epochs' seconds). `callback(df)` runs after every epoch (e.g. a live plot).
+
+    With a checkpoint folder a checkpoint is written atomically after every epoch and the folder is locked for the
+    whole run (a second training on it fails at once). A folder that already holds checkpoints needs
+    ``resume=True`` (they are never deleted); ``resume=True`` continues from the newest complete one and refuses a
+    folder without one, or a checkpoint trained with another config (only ``epochs`` may change)."""
+    task_list = resolve_tasks(tasks)
+    config = checked_config(config, task_list)
     if not isinstance(generator, ATVGenerator):
         raise ValueError(f"generator must be a wb.ATVGenerator, got {type(generator).__name__}")  # noqa: TRY004
     check_compatible(generator.describe(), lm, "passed to train_atv")
     resolve_layers(config.layers, lm.num_layers)
-    train = training_examples(tasks, config.n_train, config.seed, config.prefix, config.generator_input)
-    groups = group_items(train)
-    if len(groups) < config.batch_size:
-        raise ValueError(f"only {len(groups)} training items ({len(train)} examples) for batch_size={config.batch_size}: "
-                         "lower batch_size or raise n_train")
-    ckpt = Path(checkpoint_dir or config.checkpoint_dir) if (checkpoint_dir or config.checkpoint_dir) else None
-    if resume and ckpt is None:
-        raise ValueError("resume=True needs a checkpoint_dir")
+    folder = checkpoint_dir or config.checkpoint_dir
+    ckpt = Path(folder) if folder else None
+    check_checkpoint_dir(ckpt, resume)  # fail before any work
     accelerator = accelerator or make_accelerator(lm)
     if config.batch_size % accelerator.num_processes:
         raise ValueError(f"batch_size={config.batch_size} must be divisible by the {accelerator.num_processes} processes")
+    main = accelerator.is_main_process
+    with checkpoint_lock(ckpt) if ckpt is not None and main else contextlib.nullcontext():
+        last = check_checkpoint_dir(ckpt, resume)  # again, now that the folder is ours
+        if last is not None:
+            check_resume_config(ATVGenerator.read_meta(last / "generator").get("train_config", {}), config)
+        return _train(lm, generator, task_list, config, ckpt, last, callback, progress and main, accelerator)
 
+
+def _train(lm: LanguageModel, generator: ATVGenerator, tasks: list[Task], config: TrainConfig, ckpt: Path | None,
+           last: Path | None, callback: Callable[[pd.DataFrame], Any] | None, progress: bool,
+           accelerator: Any) -> pd.DataFrame:
+    """The training steps of :func:`train_atv`, its arguments checked."""
+    train, groups, valid = build_examples(tasks, config)
     torch.manual_seed(config.seed)
-    store = PrefixStore(config.cache_budget_mb)
-    batcher = Batcher(lm, train, config, store, "train")
-    valid = (Batcher(lm, training_examples(tasks, config.valid_items, config.seed, config.prefix, config.generator_input,
-                                           split="valid"), config, store, "valid") if config.valid_items else None)
     generator.meta = {"scale": config.scale, "layers": config.to_dict()["layers"], "positions": config.positions,
-                      "generator_input": config.generator_input, "train_config": config.to_dict()}
-    if config.encoder_train_mode == "frozen":
-        generator.encoder.requires_grad_(False)
-        generator.eval()
-        for b in (batcher, valid):
-            if b is not None:
-                b.cache_states(generator)
-    prefix_seconds = 0.0
-    if config.fast_path and config.positions == "last":
-        prefix_seconds = sum(b.warm(progress and accelerator.is_main_process) for b in (batcher, valid) if b is not None)
-    params = [p for p in generator.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, config)
-    sampler = EpochBatches(len(groups), config.batch_size, config.seed)
-    loader = torch.utils.data.DataLoader(list(range(len(groups))), batch_sampler=sampler, collate_fn=list)
-    model, optimizer, loader = accelerator.prepare(generator, optimizer, loader)
-
-    history: list[dict] = []
-    start = 1
-    last = latest_checkpoint(ckpt) if (resume and ckpt) else None
-    if last is not None:
-        import safetensors.torch
-
-        state = torch.load(last / STATE, weights_only=False)
-        check_resume_config(ATVGenerator.read_meta(last / "generator").get("train_config", {}), config)
-        safetensors.torch.load_model(generator, str(last / "generator" / "generator.safetensors"))
-        optimizer.load_state_dict(state["optimizer"])
-        history, start = state["history"], state["epoch"] + 1
-        set_rng_state(state["rng"])
-    initial = history[0].get("initial") if history else dict(zip(("valid_loss", "valid_acc"), validate(generator, valid)))
-
-    train_mode = config.encoder_train_mode == "train"
-    epochs = tqdm(range(start, config.epochs + 1), desc="epochs", disable=not progress or not accelerator.is_main_process,
-                  initial=start - 1, total=config.epochs)
+                      "generator_input": config.generator_input, "tasks": list(config.tasks),
+                      "train_config": config.to_dict()}
+    batcher, valid_batcher, store, prefix_seconds = build_batchers(lm, generator, train, valid, config, progress)
+    model, optimizer, loader, sampler = set_up_optimizer(generator, config, len(groups), accelerator)
+    history, start = resume_from(last, generator, optimizer) if last is not None else ([], 1)
+    initial = (history[0].get("initial") if history
+               else dict(zip(("valid_loss", "valid_acc"), validate(generator, valid_batcher))))
+    epochs = tqdm(range(start, config.epochs + 1), desc="epochs", disable=not progress, initial=start - 1,
+                  total=config.epochs)
     for epoch in epochs:
         sampler.epoch = epoch
-        model.train(train_mode)
-        t0, total, count = time.perf_counter(), 0.0, 0
-        steps = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress or not accelerator.is_main_process)
-        for step, batch in enumerate(steps):
-            idx = [i for g in batch for i in groups[g]]
-            losses, _ = batcher.losses(model, idx)
-            loss = losses.mean()
-            if not torch.isfinite(loss):
-                where = f"last good checkpoint kept in {latest_checkpoint(ckpt)}" if ckpt and latest_checkpoint(ckpt) else "no checkpoint written"
-                raise FloatingPointError(f"non-finite training loss or vectors ({float(loss)}) at epoch {epoch}, step "
-                                         f"{step} (λ={config.scale}, lr={config.lr}); {where}")
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            total += float(accelerator.reduce(loss.detach(), "mean")) * len(batch)
-            count += len(batch)
-            steps.set_postfix(loss=f"{total / count:.4f}")
-        seconds = time.perf_counter() - t0
-        valid_loss, valid_acc = validate(generator, valid)
-        row = {"epoch": epoch, "train_loss": total / count, "valid_loss": valid_loss, "valid_acc": valid_acc,
-               "seconds": seconds, "examples_per_s": len(train) / seconds}
+        t0 = time.perf_counter()
+        train_loss = run_epoch(model, batcher, groups, loader, optimizer, accelerator, epoch, config, ckpt, progress)
+        row = history_row(epoch, train_loss, time.perf_counter() - t0, len(train), validate(generator, valid_batcher))
         history.append({**row, **({"initial": initial} if not history else {})})
-        epochs.set_postfix(train=f"{row['train_loss']:.3f}", valid=f"{valid_loss:.3f}", acc=f"{valid_acc:.2f}")
+        epochs.set_postfix(train=f"{row['train_loss']:.3f}", valid=f"{row['valid_loss']:.3f}", acc=f"{row['valid_acc']:.2f}")
         if ckpt is not None and accelerator.is_main_process:
             save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, epoch, history)
         accelerator.wait_for_everyone()

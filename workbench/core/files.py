@@ -3,7 +3,7 @@
 Module contents: :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_write_json` go through a
 temporary file in the destination folder and :func:`os.replace`, so a crash mid-write leaves either the old file or
 the new one, never a truncated one, and no temporary file behind; :func:`replace_dir` does the same for a finished
-folder. :func:`package_versions` is what every run records; :func:`new_run_dir` makes a timestamped run folder;
+folder. :func:`read_json` reads a JSON file the workbench wrote back, with errors naming the file and what is wrong. :func:`package_versions` is what every run records; :func:`new_run_dir` makes a timestamped run folder;
 :func:`repo_root` is the one place the checkout is located from.
 """
 
@@ -25,7 +25,7 @@ from typing import IO, Any
 
 __all__ = [
     "DEFAULT_PACKAGES", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "new_run_dir",
-    "package_versions", "atomic_dir", "replace_dir", "repo_root",
+    "package_versions", "atomic_dir", "replace_dir", "repo_root", "FileFormatError", "read_json",
 ]
 
 #: Distributions reported by :func:`package_versions` by default (plus ``python`` and ``platform``).
@@ -115,6 +115,47 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+class FileFormatError(ValueError):
+    """A file the workbench reads is not what it expects; the message names the file, the fault and what is expected."""
+
+
+def read_json(path: str | os.PathLike, required: Iterable[str] = (), what: str = "JSON file") -> Any:
+    """Parse the UTF-8 JSON file `path`; with `required` it must be an object holding those keys.
+
+    `what` describes the expected file (e.g. "a run config written by workbench.evaluate") and ends every message.
+    A missing path raises FileNotFoundError, a folder IsADirectoryError; undecodable bytes, invalid JSON, a non-object
+    (when keys are required) and a missing key raise :class:`FileFormatError` (a ValueError) naming the file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a folder; expected {what}")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist; expected {what}")
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                              f"expected {what}") from None
+    except json.JSONDecodeError as e:
+        fault = "file is empty" if not e.doc.strip() else f"{e.msg} at line {e.lineno}, column {e.colno}"
+        raise FileFormatError(f"{p}: not valid JSON ({fault}); expected {what}") from None
+    keys = list(required)
+    if keys:
+        if not isinstance(obj, dict):
+            raise FileFormatError(f"{p}: expected a JSON object with keys {keys}, got a JSON {_json_kind(obj)}; "
+                                  f"expected {what}")
+        missing = [k for k in keys if k not in obj]
+        if missing:
+            raise FileFormatError(f"{p}: missing key {missing[0]!r} (needs {keys}; found {list(obj)}); "
+                                  f"expected {what}")
+    return obj
+
+
+def _json_kind(obj: Any) -> str:
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return kinds.get(type(obj), "number")
+
+
 def package_versions(names: Iterable[str] | None = None) -> dict[str, str | None]:
     """Installed versions of ``names`` (default :data:`DEFAULT_PACKAGES`) plus ``python`` and ``platform``.
 
@@ -159,7 +200,12 @@ def replace_dir(src: Path, target: Path) -> None:
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         _remove(old)
         os.replace(target, old)
-    os.replace(src, target)
+    try:
+        os.replace(src, target)
+    except BaseException:
+        if old is not None:  # put the original back rather than leave it under the hidden name
+            os.replace(old, target)
+        raise
     if old is not None:
         _remove(old)
 

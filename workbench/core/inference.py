@@ -1,23 +1,30 @@
 """Forward passes of the large model through nnsight: next-token logits, greedy generation, hidden states.
 
-Prompts are left padded and batched; an optional intervention (an :class:`~workbench.core.interventions.Injection` or any
-object with the same ``apply(lm, rows, attention_mask)``) edits activations inside the trace.
+Prompts are checked (:func:`check_prompts`: strings, valid Unicode), left padded and batched (:func:`encode`: every
+prompt must have at least one token and fit the model's position limit ``lm.max_length``, or be cut from the left
+with ``truncate="left"``); an optional :class:`~workbench.core.interventions.Intervention` edits activations inside
+the trace. Functions: :func:`next_token_logits`, :func:`last_token_states`, :func:`generate`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
+from workbench.core.interventions import Intervention, as_intervention
+from workbench.core.kv_cache import KV, BodyCache, cache_kwarg, collate, output_cache, shared_bodies
 from workbench.core.tokens import add_bos
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
 
+TRUNCATE = (None, "left")
+
 
 def check_prompts(prompts: Sequence[str]) -> list[str]:
-    """A non-empty list of strings, else a ValueError naming the bad value."""
+    """A non-empty list of valid strings, else a ValueError naming the bad prompt."""
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
     if len(prompts) == 0:
@@ -25,6 +32,11 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise ValueError(f"prompt {i} is {type(p).__name__} ({p!r}), not a string")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"prompt {i} is not valid text: {err.object[err.start:err.end]!r} at character "
+                             f"{err.start} is a lone surrogate (not encodable as UTF-8)") from None
     return list(prompts)
 
 
@@ -34,18 +46,40 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def encode(lm: "LanguageModel", prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+def check_truncate(truncate: str | None) -> str | None:
+    if truncate not in TRUNCATE:
+        raise ValueError(f"unknown truncate {truncate!r}; use None (a too long prompt raises) or 'left'")
+    return truncate
+
+
+def encode(lm: LanguageModel, prompts: Sequence[str], truncate: str | None = None, first_index: int = 0,
+           reserve: int = 0) -> dict[str, torch.Tensor]:
     """Left-padded `input_ids`, `attention_mask` and matching `position_ids` (counting real tokens only).
 
     The tokenizer's special tokens (BOS) are added unless a prompt already starts with the BOS token
-    (chat-rendered prompts).
+    (chat-rendered prompts). A prompt of zero tokens is a ValueError; so is one longer than
+    ``lm.max_length - reserve`` positions (`reserve`: tokens still to be generated), unless ``truncate="left"``
+    keeps its last tokens. Errors name the prompt by its index plus `first_index` (its place in the caller's list).
     """
+    check_truncate(truncate)
     tok = lm.tokenizer
     add_special = any(add_bos(tok, p) for p in prompts)
     enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=add_special)
-    ids, mask = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
-    if ids.shape[1] == 0:
-        raise ValueError("prompts tokenize to zero tokens")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    lengths = mask.sum(1).tolist() if ids.shape[1] else [0] * len(prompts)
+    for i, n in enumerate(lengths):
+        if n == 0:
+            raise ValueError(f"prompt {first_index + i} ({prompts[i]!r}) tokenizes to zero tokens: give it some text")
+    limit = lm.max_length - reserve
+    if max(lengths) > limit:
+        if truncate == "left":
+            ids, mask = ids[:, -limit:], mask[:, -limit:]  # left padded: the last columns hold every row's end
+        else:
+            i = max(range(len(lengths)), key=lengths.__getitem__)
+            room = f" minus {reserve} new tokens" if reserve else ""
+            raise ValueError(f"prompt {first_index + i} has {lengths[i]} tokens, more than the limit of {limit} "
+                             f"({lm.name} has {lm.max_length} positions{room}); shorten it or pass truncate='left'")
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
 
@@ -55,41 +89,36 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, n))
 
 
-def _needs_grad(intervention: Any) -> bool:
-    vectors = getattr(intervention, "vectors", None)
-    if isinstance(vectors, torch.Tensor) and vectors.requires_grad:
-        return True
-    return bool(getattr(intervention, "requires_grad", False))
-
-
-def _check_intervention(lm: "LanguageModel", intervention: Any, n: int) -> None:
+def _prepare(lm: LanguageModel, intervention: Intervention | None, n: int) -> Intervention | None:
+    """The intervention checked against the protocol, the model and the number of prompts (None stays None)."""
     if intervention is None:
-        return
-    if not callable(getattr(intervention, "apply", None)):
-        raise ValueError(f"injection must be a wb.Injection (or have .apply(lm, rows, mask)), got {type(intervention).__name__}")
-    check = getattr(intervention, "check", None)
-    if callable(check):
-        check(lm, n)
+        return None
+    intervention = as_intervention(intervention)
+    intervention.check(lm, n)
+    return intervention
 
 
 def next_token_logits(
-    lm: "LanguageModel",
+    lm: LanguageModel,
     prompts: Sequence[str],
-    injection: Any = None,
+    injection: Intervention | None = None,
     batch_size: int = 8,
+    truncate: str | None = None,
 ) -> torch.Tensor:
     """Logits ``[B, V]`` at the last prompt token (float32 on CPU).
 
-    If the injection's vectors require grad, the result keeps the graph so gradients reach them (the model's
-    weights are frozen and get none); otherwise the pass runs without autograd.
+    If the intervention requires grad, the result keeps the graph so gradients reach it (the model's weights are
+    frozen and get none); otherwise the pass runs without autograd. A prompt longer than ``lm.max_length`` tokens
+    raises unless ``truncate="left"`` (keep its last tokens).
     """
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
-    _check_intervention(lm, injection, len(prompts))
+    check_truncate(truncate)
+    injection = _prepare(lm, injection, len(prompts))
     outputs = []
-    with torch.set_grad_enabled(_needs_grad(injection)):
+    with torch.set_grad_enabled(injection is not None and injection.requires_grad):
         for rows in batches(len(prompts), batch_size):
-            enc = encode(lm, prompts[rows])
+            enc = encode(lm, prompts[rows], truncate, first_index=rows.start)
             last = torch.tensor([enc["input_ids"].shape[1] - 1])
             with lm.nn.trace(**enc, logits_to_keep=last):
                 if injection is not None:
@@ -99,14 +128,16 @@ def next_token_logits(
     return torch.cat(outputs).cpu()
 
 
-def last_token_states(lm: "LanguageModel", prompts: Sequence[str], batch_size: int = 8) -> torch.Tensor:
+def last_token_states(lm: LanguageModel, prompts: Sequence[str], batch_size: int = 8,
+                      truncate: str | None = None) -> torch.Tensor:
     """Decoder-block outputs at the last prompt token, ``[B, L, d]`` (the Hendel et al. task-vector states)."""
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
+    check_truncate(truncate)
     chunks = []
     with torch.no_grad():
         for rows in batches(len(prompts), batch_size):
-            enc = encode(lm, prompts[rows])
+            enc = encode(lm, prompts[rows], truncate, first_index=rows.start)
             states: list[torch.Tensor] = []
             with lm.nn.trace(**enc, logits_to_keep=torch.tensor([enc["input_ids"].shape[1] - 1])):
                 for i in range(lm.num_layers):
@@ -116,50 +147,58 @@ def last_token_states(lm: "LanguageModel", prompts: Sequence[str], batch_size: i
 
 
 def generate(
-    lm: "LanguageModel",
+    lm: LanguageModel,
     prompts: Sequence[str],
-    injection: Any = None,
+    injection: Intervention | None = None,
     max_new_tokens: int = 16,
     steps: str = "first",
     batch_size: int = 8,
+    truncate: str | None = None,
 ) -> list[str]:
     """Greedy continuations of `prompts`.
 
     ``steps="first"`` injects only while reading the prompt (the KV cache carries the effect forward);
-    ``steps="all"`` also injects at every generated token.
+    ``steps="all"`` also injects at every generated token. Prompt + `max_new_tokens` must fit ``lm.max_length``
+    (``truncate="left"`` cuts the prompt's start to make room).
     """
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
+    check_truncate(truncate)
     if steps not in ("first", "all"):
         raise ValueError(f"unknown steps {steps!r}; use 'first' or 'all'")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    _check_intervention(lm, injection, len(prompts))
+    if max_new_tokens >= lm.max_length:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {lm.name}'s "
+                         f"{lm.max_length} positions")
+    injection = _prepare(lm, injection, len(prompts))
     texts: list[str] = []
     with torch.no_grad():
         for rows in batches(len(prompts), batch_size):
-            texts.extend(_generate_batch(lm, prompts[rows], rows, injection, max_new_tokens, steps))
+            enc = encode(lm, prompts[rows], truncate, first_index=rows.start, reserve=max_new_tokens)
+            texts.extend(_generate_batch(lm, enc, rows, injection, max_new_tokens, steps))
     return texts
 
 
-def _generate_batch(lm, prompts, rows, injection, max_new_tokens, steps) -> list[str]:
-    enc = encode(lm, prompts)
+def _generate_batch(lm: LanguageModel, enc: dict[str, torch.Tensor], rows: slice, injection: Intervention | None,
+                    max_new_tokens: int, steps: str) -> list[str]:
     mask, positions = enc["attention_mask"], enc["position_ids"]
     eos = lm.tokenizer.eos_token_id
     new_tokens: list[torch.Tensor] = []
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=lm.device)
+    done = torch.zeros(mask.shape[0], dtype=torch.bool, device=lm.device)
     inputs: dict[str, Any] = dict(enc)
     cache = None
     for step in range(max_new_tokens):
         if cache is not None:
             inputs = {"input_ids": new_tokens[-1][:, None], "attention_mask": mask, "position_ids": positions[:, -1:] + 1}
             positions = torch.cat([positions, inputs["position_ids"]], dim=1)
-        with lm.nn.trace(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1):
+        extra = {cache_kwarg(lm.hf): cache} if cache is not None else {}
+        with lm.nn.trace(**inputs, use_cache=True, logits_to_keep=1, **extra):
             if injection is not None and (step == 0 or steps == "all"):
                 step_mask = mask if step == 0 else torch.ones_like(mask[:, -1:])
                 injection.apply(lm, rows, step_mask)
             out = lm.nn.output.save()
-        cache = out.past_key_values
+        cache = output_cache(out)
         token = out.logits[:, -1].argmax(-1)
         if eos is not None:
             token = torch.where(done, torch.full_like(token, eos), token)
@@ -170,3 +209,94 @@ def _generate_batch(lm, prompts, rows, injection, max_new_tokens, steps) -> list
             break
     generated = torch.stack(new_tokens, dim=1)
     return lm.tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+def edits_last_token_only(intervention: Intervention | None) -> bool:
+    """Whether `intervention` leaves every position before the last prompt token untouched (so bodies can be shared)."""
+    return intervention is None or as_intervention(intervention).positions == "last"
+
+
+def tokenize(lm: LanguageModel, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of `prompts` exactly as :func:`workbench.core.inference.encode` makes them (same BOS rule)."""
+    add = any(add_bos(lm.tokenizer, p) for p in prompts)
+    return [list(ids) for ids in lm.tokenizer(list(prompts), add_special_tokens=add)["input_ids"]]
+
+
+def body_lengths(lm: LanguageModel, prompts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+    """(token ids of `prompts`, per prompt the length of its shared body): pass all prompts that may share bodies.
+
+    The same checks as :func:`encode`: every prompt has a token and fits ``lm.max_length`` (no truncation here)."""
+    seqs = tokenize(lm, prompts)
+    for i, s in enumerate(seqs):
+        if not s:
+            raise ValueError(f"prompt {i} ({prompts[i]!r}) tokenizes to zero tokens: give it some text")
+        if len(s) > lm.max_length:
+            raise ValueError(f"prompt {i} has {len(s)} tokens, more than the limit of {lm.max_length} "
+                             f"({lm.name} has {lm.max_length} positions); shorten it (or evaluate with cache=False "
+                             "and truncate='left')")
+    return seqs, shared_bodies(seqs)
+
+
+def cached_next_token_logits(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    intervention: Any = None,
+    cache: BodyCache | None = None,
+    scope: Hashable = None,
+    batch_size: int = 8,
+    bodies: Sequence[int] | None = None,
+    owner: Hashable = None,
+) -> torch.Tensor:
+    """Logits ``[B, V]`` at the last prompt token, like ``next_token_logits``, with every shared body run once.
+
+    Bodies are the longest token prefixes the prompts of this call share (:func:`shared_bodies`), or the lengths
+    `bodies` computed by :func:`body_lengths` over a larger group (e.g. all variants of a batch of items). The
+    intervention must edit only the last prompt token (``positions="last"``); its rows are the prompts' indices.
+    Runs without autograd. `scope` keeps bodies of models whose weights differ apart; `owner` names the caller (see
+    :class:`~workbench.core.kv_cache.BodyCache`).
+    """
+    prompts = check_prompts(prompts)
+    if not edits_last_token_only(intervention):
+        raise ValueError("cached logits need an intervention that edits only the last prompt token "
+                         f"(positions='last'); got {type(intervention).__name__} with positions="
+                         f"{intervention.positions!r}: use cache=False")
+    if intervention is not None:
+        intervention.check(lm, len(prompts))
+    cache = cache if cache is not None else BodyCache(0)
+    seqs, cut = body_lengths(lm, prompts)
+    if bodies is not None:
+        if len(bodies) != len(prompts) or any(not 0 <= b < len(s) for b, s in zip(bodies, seqs)):
+            raise ValueError("bodies must give, per prompt, a body length shorter than the prompt")
+        cut = list(bodies)
+    outputs = []
+    with torch.no_grad():
+        for rows in batches(len(prompts), batch_size):
+            idx = range(rows.start, rows.stop)
+            body_ids = [tuple(seqs[i][: cut[i]]) for i in idx]
+            kvs = cache.bodies(lm, body_ids, scope, owner)
+            tails = [seqs[i][cut[i]:] for i in idx]
+            outputs.append(_tail_logits(lm, kvs, tails, intervention, rows, cache))
+    return torch.cat(outputs).cpu()
+
+
+def _tail_logits(lm: LanguageModel, kvs: list[KV | None], tails: list[list[int]], intervention: Any, rows: slice,
+                 cache: BodyCache) -> torch.Tensor:
+    body_cache, body_mask = collate(lm, kvs)
+    lengths = [0 if kv is None else kv.shape[3] for kv in kvs]
+    Tt = max(len(t) for t in tails)
+    ids = torch.full((len(tails), Tt), lm.tokenizer.pad_token_id, dtype=torch.long)
+    tail_mask = torch.zeros((len(tails), Tt), dtype=torch.long)
+    position_ids = torch.zeros((len(tails), Tt), dtype=torch.long)
+    for r, tail in enumerate(tails):
+        ids[r, Tt - len(tail):] = torch.tensor(tail)
+        tail_mask[r, Tt - len(tail):] = 1
+        position_ids[r, Tt - len(tail):] = torch.arange(lengths[r], lengths[r] + len(tail))
+        cache.tail_tokens += len(tail)
+    attention_mask = torch.cat([body_mask, tail_mask], dim=1).to(lm.device)
+    kwargs = {cache_kwarg(lm.hf): body_cache} if body_cache is not None else {}
+    with lm.nn.trace(input_ids=ids.to(lm.device), attention_mask=attention_mask, position_ids=position_ids.to(lm.device),
+                     use_cache=True, logits_to_keep=torch.tensor([Tt - 1]), **kwargs):
+        if intervention is not None:  # the trace sees only the tail tokens: their mask says where "last" is
+            intervention.apply(lm, rows, tail_mask.to(lm.device))
+        logits = lm.nn.output.logits.save()
+    return logits[:, -1].float()

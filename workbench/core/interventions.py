@@ -1,14 +1,26 @@
-"""Additive steering: ``h_l <- h_l + scale * v_l`` at the output of decoder block l, through nnsight.
+"""Interventions: edits of the large model's activations inside an nnsight trace, behind one protocol.
 
-An :class:`Injection` holds the vectors and where they go (layers, positions); the forward functions in
-:mod:`workbench.core.inference` call :meth:`Injection.apply` inside an nnsight trace.
+Contents:
+
+* Layer / position / scale specs: :func:`thirds`, :func:`layer_spec` (checked without a model),
+  :func:`resolve_layers` (checked against the model's real range), :func:`check_positions`, :func:`position_mask`,
+  :func:`check_scale`.
+* :class:`Intervention`, the protocol :mod:`workbench.core.inference` (and the training losses) rely on:
+  ``requires_grad``, ``check(lm, n_prompts)``, ``apply(lm, rows, attention_mask)``, ``describe()``;
+  :func:`as_intervention` rejects an object missing a member, naming it.
+* The four interventions: :class:`Injection` (additive ``h_l <- h_l + scale * v_l`` at decoder-block outputs),
+  :class:`MaskedInjection` (the same at an explicit [B, T] mask), :class:`Replacement` (``h_l <- v_l``) and
+  :class:`ContextInjection` (I2CL's ``out <- b * out + a * cv`` on attention and MLP outputs), with the helpers
+  :func:`sublayers` and :func:`first_output`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union
+import numbers
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union, runtime_checkable
 
+import numpy as np
 import torch
 
 from workbench.core.architectures import architecture_of
@@ -16,11 +28,13 @@ from workbench.core.architectures import architecture_of
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
 
-LayerSpec = Union[str, range, Sequence[int]]
+LayerSpec = Union[str, range, Sequence[int], np.ndarray]
 LAYER_PRESETS = ("all", "bottom", "middle", "top")
 POSITIONS = ("last", "all")
+MODULES = ("attn", "mlp")
 
 
+# --------------------------------------------------------------------------------------------- specs
 def thirds(num_layers: int) -> tuple[int, int]:
     """Boundaries (b1, b2) of the bottom/middle/top thirds: bottom = [0, b1), middle = [b1, b2), top = [b2, L).
 
@@ -30,26 +44,50 @@ def thirds(num_layers: int) -> tuple[int, int]:
     return round(num_layers / 3), round(2 * num_layers / 3)
 
 
+def _bad_spec(spec: Any) -> ValueError:
+    return ValueError(f"unknown layer spec {spec!r}; use one of {LAYER_PRESETS}, a range or a list of ints")
+
+
+def layer_spec(spec: LayerSpec) -> str | list[int]:
+    """`spec` checked without a model: a preset name as is, else its indices as a sorted list of Python ints.
+
+    Accepts a range, a list / tuple / 1-D numpy array of ints (numpy integers included); refuses bools, floats,
+    an empty list and repeated indices. The range of the indices is checked by :func:`resolve_layers`.
+    """
+    if isinstance(spec, str):
+        if spec not in LAYER_PRESETS:
+            raise _bad_spec(spec)
+        return spec
+    if isinstance(spec, np.ndarray):
+        if spec.ndim != 1:
+            raise ValueError(f"a layer array must be 1-D, got shape {spec.shape}")
+        spec = list(spec)
+    if not isinstance(spec, (range, list, tuple)):
+        raise _bad_spec(spec)
+    items = list(spec)
+    bad = [i for i in items if isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral)]
+    if bad or not items:
+        raise ValueError(f"layer list must be non-empty ints, got {spec!r}")
+    indices = [int(i) for i in items]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"layer list {indices} repeats an index")
+    return sorted(indices)
+
+
 def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
-    """Sorted layer indices for `spec`: "all", "bottom", "middle", "top", a range, or a list of ints."""
+    """Sorted layer indices for `spec` ("all", "bottom", "middle", "top", a range, or a list of ints) on a model
+    with `num_layers` blocks; an index outside ``0..num_layers-1`` (negative ones too) is a ValueError naming it
+    and the model's range."""
+    spec = layer_spec(spec)
     if isinstance(spec, str):
         b1, b2 = thirds(num_layers)
         table = {"all": range(num_layers), "bottom": range(0, b1), "middle": range(b1, b2), "top": range(b2, num_layers)}
-        if spec not in table:
-            raise ValueError(f"unknown layer spec {spec!r}; use one of {LAYER_PRESETS}, a range or a list of ints")
         return list(table[spec])
-    if isinstance(spec, (range, list, tuple)):
-        indices = list(spec)
-        bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int)]
-        if bad or not indices:
-            raise ValueError(f"layer list must be non-empty ints, got {spec!r}")
-        out_of_range = [i for i in indices if not 0 <= i < num_layers]
-        if out_of_range:
-            raise ValueError(f"layer index {out_of_range[0]} out of range: this model has layers 0..{num_layers - 1}")
-        if len(set(indices)) != len(indices):
-            raise ValueError(f"layer list {spec!r} repeats an index")
-        return sorted(indices)
-    raise ValueError(f"unknown layer spec {spec!r}; use one of {LAYER_PRESETS}, a range or a list of ints")
+    out_of_range = [i for i in spec if not 0 <= i < num_layers]
+    if out_of_range:
+        hint = " (negative indices do not count from the end)" if out_of_range[0] < 0 else ""
+        raise ValueError(f"layer index {out_of_range[0]} out of range: this model has layers 0..{num_layers - 1}{hint}")
+    return spec
 
 
 def check_positions(positions: str) -> str:
@@ -73,6 +111,59 @@ def check_scale(scale: float) -> float:
     return float(scale)
 
 
+def _check_vectors(vectors: Any, dims: tuple[int, ...], shapes: str) -> torch.Tensor:
+    if not isinstance(vectors, torch.Tensor) or vectors.dim() not in dims:
+        shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+        raise ValueError(f"vectors must be a tensor {shapes}, got {shape}")
+    if not torch.isfinite(vectors.detach()).all():
+        raise ValueError("vectors contain NaN or inf")
+    return vectors
+
+
+def _layers_for_record(layers: str | list[int]) -> str | list[int]:
+    return layers if isinstance(layers, str) else list(layers)
+
+
+# --------------------------------------------------------------------------------------------- the protocol
+@runtime_checkable
+class Intervention(Protocol):
+    """Something that edits activations inside an nnsight trace of ``lm``; everything inference uses.
+
+    * ``requires_grad``: whether the forward pass must keep the graph (its tensors require grad).
+    * ``check(lm, n_prompts)``: ValueError, naming what is wrong, when it does not fit `lm` or `n_prompts` prompts.
+    * ``apply(lm, rows, attention_mask)``: called inside ``lm.nn.trace(...)`` for the rows ``rows`` of the prepared
+      batch, with the left-padded ``attention_mask`` [b, T] of that sub-batch; it must touch modules in forward order.
+    * ``describe()``: a JSON-able dict of what it does (recorded with results).
+    * ``positions``: which prompt positions it edits: ``"last"`` (only the last prompt token: shared-prefix
+      evaluation may reuse the keys and values of everything before it), ``"all"`` or ``"mask"`` (explicit).
+    """
+
+    positions: str
+
+    @property
+    def requires_grad(self) -> bool: ...
+
+    def check(self, lm: LanguageModel, n_prompts: int) -> None: ...
+
+    def apply(self, lm: LanguageModel, rows: slice, attention_mask: torch.Tensor) -> None: ...
+
+    def describe(self) -> dict: ...
+
+
+INTERVENTION_MEMBERS = ("requires_grad", "check", "apply", "describe", "positions")
+
+
+def as_intervention(obj: Any, what: str = "injection") -> Intervention:
+    """`obj` if it implements every member of :class:`Intervention`, else a ValueError naming the missing ones."""
+    missing = [m for m in INTERVENTION_MEMBERS if not hasattr(obj, m)]
+    missing += [m for m in ("check", "apply", "describe") if m not in missing and not callable(getattr(obj, m))]
+    if missing:
+        raise ValueError(f"{what} must be an Intervention (wb.Injection, MaskedInjection, Replacement or "
+                         f"ContextInjection); {type(obj).__name__} lacks {', '.join(missing)}")
+    return obj
+
+
+# --------------------------------------------------------------------------------------------- additive
 class Injection:
     """Vectors ``[L, d]`` (shared by the batch) or ``[B, L, d]`` (one per prompt), scaled and added at `layers`.
 
@@ -81,27 +172,21 @@ class Injection:
     """
 
     def __init__(self, vectors: torch.Tensor, scale: float = 1e-3, layers: LayerSpec = "all", positions: str = "last"):
-        if not isinstance(vectors, torch.Tensor) or vectors.dim() not in (2, 3):
-            shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
-            raise ValueError(f"vectors must be a tensor [L, d] or [B, L, d], got {shape}")
-        if not torch.isfinite(vectors.detach()).all():
-            raise ValueError("vectors contain NaN or inf")
-        self.vectors = vectors
+        self.vectors = _check_vectors(vectors, (2, 3), "[L, d] or [B, L, d]")
         self.scale = check_scale(scale)
-        self.layers = layers
+        self.layers = layer_spec(layers)  # the range is checked against the model in check()
         self.positions = check_positions(positions)
-        if isinstance(layers, str):
-            if layers not in LAYER_PRESETS:
-                raise ValueError(f"unknown layer spec {layers!r}; use one of {LAYER_PRESETS}, a range or a list of ints")
-        else:
-            resolve_layers(layers, 1 << 30)  # type and duplicate checks now; range checked against the model
 
     @property
     def batched(self) -> bool:
         return self.vectors.dim() == 3
 
-    def check(self, lm: "LanguageModel", n_prompts: int) -> list[int]:
-        """Validate against the model and the number of prompts; returns the resolved layer indices."""
+    @property
+    def requires_grad(self) -> bool:
+        return bool(self.vectors.requires_grad)
+
+    def check(self, lm: LanguageModel, n_prompts: int) -> None:
+        """ValueError unless the vectors fit the model ([L, d]) and the prompts (B), and the layers exist."""
         L, d = lm.num_layers, lm.hidden_size
         if tuple(self.vectors.shape[-2:]) != (L, d):
             raise ValueError(
@@ -110,7 +195,7 @@ class Injection:
             )
         if self.batched and self.vectors.shape[0] != n_prompts:
             raise ValueError(f"vectors are for B={self.vectors.shape[0]} prompts but {n_prompts} prompts were given")
-        return resolve_layers(self.layers, L)
+        resolve_layers(self.layers, L)
 
     def deltas(self, rows: slice, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``scale * v`` for the rows of one sub-batch: [L, d] or [b, L, d]."""
@@ -121,7 +206,7 @@ class Injection:
         """[b, T, 1] mask of the positions edited (see :func:`position_mask`)."""
         return position_mask(attention_mask, self.positions, dtype)
 
-    def apply(self, lm: "LanguageModel", rows: slice, attention_mask: torch.Tensor) -> None:
+    def apply(self, lm: LanguageModel, rows: slice, attention_mask: torch.Tensor) -> None:
         """Edit the decoder-block outputs inside an nnsight trace of `lm` (blocks touched in forward order)."""
         deltas = self.deltas(rows, lm.dtype, lm.device)
         mask = self.position_mask(attention_mask, lm.dtype)
@@ -132,56 +217,55 @@ class Injection:
             block.output = block.output + mask * delta
 
     def describe(self) -> dict:
-        return {
-            "kind": "additive",
-            "scale": self.scale,
-            "layers": self.layers if isinstance(self.layers, str) else list(self.layers),
-            "positions": self.positions,
-            "vectors_shape": list(self.vectors.shape),
-        }
+        return {"kind": "additive", "scale": self.scale, "layers": _layers_for_record(self.layers),
+                "positions": self.positions, "vectors_shape": list(self.vectors.shape)}
 
     def __repr__(self) -> str:
-        return f"Injection(shape={tuple(self.vectors.shape)}, scale={self.scale}, layers={self.layers!r}, positions={self.positions!r})"
+        return (f"{type(self).__name__}(shape={tuple(self.vectors.shape)}, scale={self.scale}, layers={self.layers!r}, "
+                f"positions={self.positions!r})")
 
 
-class Intervention(Protocol):
-    """Something that edits activations inside an nnsight trace of ``lm``.
-
-    ``apply`` is called inside ``lm.nn.trace(...)`` for the rows ``rows`` of the prepared batch, with the
-    left-padded ``attention_mask`` [b, T] of that sub-batch. It must touch modules in forward order.
-    """
-
-    def apply(self, lm: "LanguageModel", rows: slice, attention_mask: Any) -> None: ...
-
-    def describe(self) -> dict: ...
-
-
-# --------------------------------------------------------------------------------------------- injection + loss
 class MaskedInjection(Injection):
     """An :class:`Injection` whose edited positions are an explicit [B, T] mask (e.g. the last *prompt* token of
     a prompt + answer sequence, or the first token of a suffix pass)."""
 
     def __init__(self, base: Injection, mask: torch.Tensor):
         super().__init__(base.vectors, base.scale, base.layers, base.positions)
+        self.positions = "mask"  # whatever `mask` says: not only the last prompt token
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            raise ValueError(f"mask must be a [B, T] tensor, got {getattr(mask, 'shape', type(mask).__name__)}")
         self.mask = mask
+
+    def check(self, lm: LanguageModel, n_prompts: int) -> None:
+        super().check(lm, n_prompts)
+        if self.mask.shape[0] != n_prompts:
+            raise ValueError(f"mask is for {self.mask.shape[0]} rows but {n_prompts} prompts were given")
 
     def position_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return self.mask.to(device=attention_mask.device, dtype=dtype).unsqueeze(-1)
 
+    def describe(self) -> dict:
+        return {**super().describe(), "positions": "mask"}
 
+
+# --------------------------------------------------------------------------------------------- replacement
 class Replacement:
-    """``h_l <- v_l`` at the last prompt token of the blocks in `layers` (an :class:`Intervention`)."""
+    """``h_l <- v_l`` at the last prompt token of the blocks in `layers` (vectors ``[L, d]``)."""
+
+    positions = "last"  #: what it edits (shared-prefix evaluation needs "last")
 
     def __init__(self, vectors: torch.Tensor, layers: LayerSpec = "all"):
-        if vectors.dim() != 2:
-            raise ValueError(f"vectors must be [L, d], got {tuple(vectors.shape)}")
-        self.vectors = vectors
-        self.layers = layers
+        self.vectors = _check_vectors(vectors, (2,), "[L, d]")
+        self.layers = layer_spec(layers)
 
-    def check(self, lm: LanguageModel, n_prompts: int) -> list[int]:
+    @property
+    def requires_grad(self) -> bool:
+        return bool(self.vectors.requires_grad)
+
+    def check(self, lm: LanguageModel, n_prompts: int) -> None:
         if tuple(self.vectors.shape) != (lm.num_layers, lm.hidden_size):
             raise ValueError(f"vectors {tuple(self.vectors.shape)} do not match [L, d] = [{lm.num_layers}, {lm.hidden_size}]")
-        return resolve_layers(self.layers, lm.num_layers)
+        resolve_layers(self.layers, lm.num_layers)
 
     def apply(self, lm: LanguageModel, rows: slice, attention_mask: torch.Tensor) -> None:
         v = self.vectors.to(device=lm.device, dtype=lm.dtype)
@@ -192,10 +276,11 @@ class Replacement:
             block.output = out + mask * (v[layer] - out)
 
     def describe(self) -> dict:
-        return {"kind": "replace", "layers": self.layers if isinstance(self.layers, str) else list(self.layers),
-                "positions": "last", "vectors_shape": list(self.vectors.shape)}
+        return {"kind": "replace", "layers": _layers_for_record(self.layers), "positions": "last",
+                "vectors_shape": list(self.vectors.shape)}
 
 
+# --------------------------------------------------------------------------------------------- I2CL context
 def sublayers(lm: LanguageModel, layer: int) -> tuple[Any, Any]:
     """(attention, MLP) nnsight envoys of decoder block `layer`.
 
@@ -216,26 +301,25 @@ def first_output(value: Any) -> torch.Tensor:
     return value[0] if isinstance(value, tuple) else value
 
 
-MODULES = ("attn", "mlp")
-
-
 class ContextInjection:
-    """``out <- b * out + a * cv`` on the attention and MLP outputs of every layer (an :class:`Intervention`).
+    """``out <- b * out + a * cv`` on the attention and MLP outputs of every layer.
 
     vectors: ``[L, 2, d]`` (shared by the batch) or ``[B, L, 2, d]`` (one per prompt); coefs: ``[L, 2, 2]`` with
     ``coefs[..., 0] = a`` and ``coefs[..., 1] = b``; gradients reach `coefs` when it requires grad.
     """
 
     def __init__(self, vectors: torch.Tensor, coefs: torch.Tensor, positions: str = "all", noise: float = 0.0):
-        if vectors.dim() not in (3, 4) or vectors.shape[-2] != 2:
+        _check_vectors(vectors, (3, 4), "[L, 2, d] or [B, L, 2, d]")
+        if vectors.shape[-2] != 2:
             raise ValueError(f"context vectors must be [L, 2, d] or [B, L, 2, d], got {tuple(vectors.shape)}")
-        if tuple(coefs.shape) != (vectors.shape[-3], 2, 2):
-            raise ValueError(f"coefs must be [L, 2, 2] = [{vectors.shape[-3]}, 2, 2], got {tuple(coefs.shape)}")
+        if not isinstance(coefs, torch.Tensor) or tuple(coefs.shape) != (vectors.shape[-3], 2, 2):
+            shape = tuple(coefs.shape) if isinstance(coefs, torch.Tensor) else type(coefs).__name__
+            raise ValueError(f"coefs must be [L, 2, 2] = [{vectors.shape[-3]}, 2, 2], got {shape}")
         self.vectors, self.coefs, self.positions, self.noise = vectors, coefs, check_positions(positions), noise
 
     @property
     def requires_grad(self) -> bool:
-        return bool(self.coefs.requires_grad)
+        return bool(self.coefs.requires_grad or self.vectors.requires_grad)
 
     def check(self, lm: LanguageModel, n_prompts: int) -> None:
         if tuple(self.vectors.shape[-3:]) != (lm.num_layers, 2, lm.hidden_size):

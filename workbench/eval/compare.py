@@ -15,65 +15,90 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from workbench.eval.efficiency import efficiency_table
+from workbench.eval.evaluate import evaluate_many
+from workbench.eval.tables import summarize
+from workbench.methods import ATV, ELICIT, I2CL, BM25FewShot, FewShot, LoRA, StaticTaskVector, ZeroShot
 from workbench.methods.base import Method
+from workbench.methods.names import METHODS, display_label
+from workbench.tasks.registry import TaskSpec, resolve_tasks
 
 BUDGETS = ("paper", "cpu-demo")
 
 
 def standard_methods(generator: Any = None, budget: str = "paper", k: int | None = None, seed: int = 42,
                      light_generator: Any = None, epochs: int | None = None, n_train: int | None = None) -> dict[str, Method]:
-    """The baselines of the paper (+ ATV when a trained generator is given), configured for `budget`."""
-    from workbench.methods import ATV, ELICIT, I2CL, BM25FewShot, FewShot, LoRA, StaticTaskVector, ZeroShot
+    """The baselines of the paper (+ ATV when a trained generator is given), configured for `budget`.
 
+    Keys are the display labels of :mod:`workbench.methods.names` ("zero-shot", "16-shot", "static TV", ...).
+    """
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; use one of {BUDGETS}")
     small = budget == "cpu-demo"
     k = k or (4 if small else 16)
     epochs = epochs or (1 if small else 15)
     n_train = n_train or (8 if small else 90)
-    methods: dict[str, Method] = {
-        "zero-shot": ZeroShot(),
-        f"{k}-shot": FewShot(k=k),
-        f"BM25 {k}-shot": BM25FewShot(k=k),
-        "static TV": StaticTaskVector(k=k, n_prompts=3 if small else 10, seed=seed, scale=0.1 if small else 1.0),
-        "ELICIT": ELICIT(k=k, n_prompts=3 if small else 10, n_valid=6 if small else 100, layer_stride=6 if small else 1,
-                         top_k=3 if small else 10, seed=seed),
-        "I2CL": I2CL(shots_per_class=2 if small else 5, epochs=epochs, seed=seed),
-        "LoRA": LoRA(epochs=epochs, n_train=n_train, batch_size=4 if small else 1, seed=seed),
-    }
-    if generator is not None:
-        methods["ATV"] = ATV(generator)
-    if light_generator is not None:
-        methods["ATV-Light"] = ATV(light_generator)
-    return methods
+    line_up: list[Method] = [
+        ZeroShot(),
+        FewShot(k=k),
+        BM25FewShot(k=k),
+        StaticTaskVector(k=k, n_prompts=3 if small else 10, seed=seed, scale=0.1 if small else 1.0),
+        ELICIT(k=k, n_prompts=3 if small else 10, n_valid=6 if small else 100, layer_stride=6 if small else 1,
+               top_k=3 if small else 10, seed=seed),
+        I2CL(shots_per_class=2 if small else 5, epochs=epochs, seed=seed),
+        LoRA(epochs=epochs, n_train=n_train, batch_size=4 if small else 1, seed=seed),
+    ]
+    line_up += [ATV(g) for g in (generator, light_generator) if g is not None]
+    return labelled(line_up)
+
+
+def labelled(methods: Mapping[str, Method] | Sequence[Method]) -> dict[str, Method]:
+    """``{display label: method}`` for a list of methods (a mapping is returned as a dict, its keys kept)."""
+    if isinstance(methods, Mapping):
+        return dict(methods)
+    out: dict[str, Method] = {}
+    for method in methods:
+        if not isinstance(method, Method):
+            raise ValueError(f"methods must be workbench Methods, got {type(method).__name__}")  # noqa: TRY004
+        label = display_label(method)
+        if label in out:
+            raise ValueError(f"two methods have the label {label!r}; pass a dict {{label: method}} to name them")
+        out[label] = method
+    return out
 
 
 def compare(
     lm: Any,
-    methods: Mapping[str, Method],
-    train_tasks: Sequence[Any],
-    eval_tasks: Sequence[Any],
+    methods: Mapping[str, Method] | Sequence[Method],
+    train_tasks: TaskSpec,
+    eval_tasks: TaskSpec,
     run_dir: str | Path | None = None,
     **evaluate_kwargs: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit every method on `train_tasks` and evaluate it on `eval_tasks` (same items for all: same seeds/n_test).
 
-    Returns (results: one row per item × variant × seed × method, efficiency: Table 5 layout plus fit seconds).
-    With `run_dir`, each method's results go to ``run_dir/<method>/`` (resumable, see :func:`workbench.evaluate`).
+    `methods`: ``{label: method}`` or a list of methods (labelled by :func:`workbench.methods.names.display_label`).
+    Tasks: a task name, a Task or a list mixing both (:func:`workbench.tasks.registry.resolve_tasks`; both are
+    resolved once, before any fitting). Returns (results: one row per item × variant × seed × method, efficiency:
+    Table 5 layout plus fit seconds). With `run_dir`, each method's results go to ``run_dir/<method>/`` (resumable, see
+    :func:`workbench.evaluate`). Evaluation goes through :func:`~workbench.eval.evaluate.evaluate_many`: task by task,
+    prompt bodies are computed once for every method that leaves the model's weights alone; a method's latency still
+    counts the bodies it read (their measured time), as if it had run alone with the cache.
     """
-    from workbench.eval.efficiency import efficiency_table
-    from workbench.eval.evaluate import evaluate
-
+    methods = labelled(methods)
     if not methods:
         raise ValueError("methods is empty: give at least one method")
-    frames: dict[str, pd.DataFrame] = {}
+    data_dir = evaluate_kwargs.pop("data_dir", None)
+    train_list, eval_list = resolve_tasks(train_tasks, data_dir), resolve_tasks(eval_tasks, data_dir)
     fit_seconds: dict[str, float] = {}
     for name, method in methods.items():
         start = time.perf_counter()
-        method.fit(lm, train_tasks)
+        method.fit(lm, train_list)
         fit_seconds[name] = time.perf_counter() - start
-        sub_dir = Path(run_dir) / name.replace(" ", "_") if run_dir is not None else None
-        df = evaluate(lm, method, eval_tasks, run_dir=sub_dir, **evaluate_kwargs)
+    # task by task, every method on the same items; prompt bodies shared across methods (workbench.eval.evaluate)
+    evaluated = evaluate_many(lm, methods, eval_list, run_dir=run_dir, data_dir=data_dir, **evaluate_kwargs)
+    frames: dict[str, pd.DataFrame] = {}
+    for name, df in evaluated.items():
         frames[name] = df.assign(method=name)
         frames[name].attrs = df.attrs
     results = pd.concat(frames.values(), ignore_index=True)
@@ -83,9 +108,13 @@ def compare(
 
 
 def category_table(results: pd.DataFrame, loose: bool = False) -> pd.DataFrame:
-    """Accuracy per method and category plus in-domain / unseen averages (tidy: method, category, accuracy, sd)."""
-    from workbench.eval.tables import summarize
+    """Accuracy per method and category plus in-domain / unseen averages (tidy: method, category, accuracy, sd).
 
+    A method column holding canonical names (``wb.evaluate`` output) is shown with the display labels of
+    :mod:`workbench.methods.names`; other values (e.g. the labels :func:`compare` writes) are kept.
+    """
+    if "method" in results:
+        results = results.assign(method=results["method"].map(lambda m: display_label(m) if m in METHODS else m))
     s = summarize(results, loose=loose)
     keep = s[(s["level"] == "category") | ((s["level"] == "average") & s["name"].isin(["in_domain", "unseen"]))]
     out = keep.drop(columns="category").rename(columns={"name": "category", "accuracy_sd": "sd"})[["method", "category", "accuracy", "sd", "label_accuracy"]]

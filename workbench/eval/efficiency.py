@@ -3,9 +3,16 @@
 * **Latency** of a row = wall time of its batch (``method.prepare`` + the forward pass) / batch size; the
   evaluator stores it per row (column ``latency``, seconds) and :func:`efficiency_summary` averages it.
 * **Peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` (statistics reset when the measurement starts);
-  on CPU the process' resident set size sampled by a background thread (psutil) every ``interval`` seconds,
-  reported as the peak and as the increase over the RSS at the start. A sampled peak can miss spikes shorter
-  than the interval, so treat the CPU numbers as a lower bound.
+  on CPU the peak resident set size (RSS) of the whole process during the measured block, read from the kernel: on
+  Linux the block starts by writing ``5`` to ``/proc/self/clear_refs`` (resets the high-water mark ``VmHWM`` to the
+  current RSS) and ends by reading ``VmHWM`` from ``/proc/self/status``, so every page that was resident at any
+  moment of the block counts, however short the spike and whatever the allocator reuses (``memory_kind``
+  ``cpu_peak_rss``). Where that file is not writable (not Linux, restricted containers) a background thread samples
+  RSS with psutil every ``interval`` seconds (``cpu_peak_rss_sampled``: a lower bound, it can miss short spikes).
+  Both are reported as the peak and as the increase over the RSS at the start (what the block added on top of the
+  loaded model). Nested measurements are correct: a block that resets the mark first hands the mark so far to the
+  blocks it is nested in. Side effect: the process' own ``VmHWM`` (and ``getrusage`` ``ru_maxrss``) then count
+  from the last measurement's start, not from process start.
 """
 
 from __future__ import annotations
@@ -21,10 +28,40 @@ import torch
 GIB = float(1 << 30)
 
 
+_CLEAR_REFS, _STATUS = "/proc/self/clear_refs", "/proc/self/status"
+_OPEN: list[PeakMemory] = []  # CPU measurements in progress (outermost first)
+_LOCK = threading.Lock()
+
+
+def _vm_hwm() -> int | None:
+    """The kernel's peak RSS of this process (``VmHWM``, bytes) since the last reset, or None where unavailable."""
+    try:
+        with open(_STATUS, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset ``VmHWM`` to the current RSS (``echo 5 > /proc/self/clear_refs``); False where that is not possible."""
+    try:
+        with open(_CLEAR_REFS, "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _vm_hwm() is not None
+
+
 class PeakMemory:
     """Context manager measuring peak memory while it is open; read :attr:`result` afterwards.
 
-    ``device``: ``"cuda"`` (or a cuda device) uses the CUDA allocator statistics, anything else samples RSS.
+    ``device``: ``"cuda"`` (or a cuda device) uses the CUDA allocator statistics (``cuda_max_memory_allocated``);
+    anything else measures the process' peak RSS during the block: exactly via the kernel's ``VmHWM`` where
+    ``/proc/self/clear_refs`` can reset it (``cpu_peak_rss``), else sampled every ``interval`` seconds
+    (``cpu_peak_rss_sampled``, a lower bound). See the module docstring.
     """
 
     def __init__(self, device: str | torch.device = "cpu", interval: float = 0.005):
@@ -35,6 +72,7 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
         self._peak = 0
         self._start = 0
+        self._kernel = False
 
     def _sample(self) -> None:
         proc = psutil.Process()
@@ -47,8 +85,15 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
-        else:
+            return self
+        with _LOCK:
+            mark = _vm_hwm()
+            for outer in _OPEN:  # the reset below lowers the mark the enclosing blocks will read
+                outer._peak = max(outer._peak, mark or 0)
+            self._kernel = _reset_hwm()
             self._start = self._peak = psutil.Process().memory_info().rss
+            _OPEN.append(self)
+        if not self._kernel:
             self._stop.clear()
             self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
             self._thread.start()
@@ -59,11 +104,16 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             peak, kind = torch.cuda.max_memory_allocated(self.device), "cuda_max_memory_allocated"
         else:
-            self._stop.set()
             if self._thread is not None:
+                self._stop.set()
                 self._thread.join()
-            peak = max(self._peak, psutil.Process().memory_info().rss)
-            kind = "cpu_peak_rss"
+                self._thread = None
+            with _LOCK:
+                hwm = _vm_hwm() if self._kernel else None
+                peak = max(self._peak, hwm or 0, psutil.Process().memory_info().rss)
+                if self in _OPEN:
+                    _OPEN.remove(self)
+            kind = "cpu_peak_rss" if self._kernel else "cpu_peak_rss_sampled"
         self.result = {
             "memory_kind": kind,
             "peak_bytes": int(peak),

@@ -12,23 +12,43 @@ does not call ``method.fit`` (fit first).
 
 Loose scores (``correct_loose``, ``in_labels_loose``): the decoded prediction equals the decoded target / a label
 token up to surrounding whitespace. They matter for chat models: after "assistant\n" the official target is " E"
-(with a space) while instruct models emit "E". One row per item x variant x seed. Latency of a row = wall time of
-its batch (``prepare`` + forward) / batch size.
+(with a space) while instruct models emit "E". Per row, ``chat`` records whether the prompt was chat-templated
+(``lm.chat``: every method renders through ``lm.render``) and ``primary_correct`` is the score to report:
+``correct_loose`` for chat rows, the strict official ``correct`` for raw rows.
+
+Garbage logits (NaN/inf, or all equal, e.g. from a far too strong intervention) are flagged per row
+(``bad_logits``), scored as wrong with no prediction (:mod:`workbench.eval.scoring`), and reported in one
+RuntimeWarning per :func:`evaluate` call naming the number of rows and the tasks.
+
+One row per item x variant x seed. Latency of a row = wall time of its batch (``prepare`` + forward) / batch size.
+Steps of one task (:func:`evaluate_task`): :func:`sample_items` per seed, :func:`variant_texts` per variant,
+:func:`run_batch` (prepare + forward), :func:`score_row`, :func:`batch_rows` (assemble the rows).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
-from workbench.core.inference import batches, check_batch_size, next_token_logits
+from workbench.core.inference import (
+    batches,
+    body_lengths,
+    cached_next_token_logits,
+    check_batch_size,
+    edits_last_token_only,
+    next_token_logits,
+)
+from workbench.core.kv_cache import BodyCache
 from workbench.core.tokens import count_tokens
 from workbench.eval import runs
 from workbench.eval.efficiency import PeakMemory, efficiency_summary
@@ -46,18 +66,26 @@ def check_n_test(n_test: int | None) -> int | None:
 
 
 def check_seeds(seeds: int | Sequence[int]) -> list[int]:
+    """`seeds` (one int or a non-empty list) as a de-duplicated list of non-negative ints, else ValueError."""
     vals = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
     if isinstance(vals, (str, bytes)) or not isinstance(vals, Sequence) or len(vals) == 0:
         raise ValueError(f"seeds must be a non-empty list of ints (e.g. (42, 10, 100)), got {seeds!r}")
     bad = [s for s in vals if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
     if bad:
         raise ValueError(f"seed {bad[0]!r} is not an int; seeds must be ints, got {seeds!r}")
+    negative = [s for s in vals if s < 0]
+    if negative:
+        raise ValueError(f"seed {int(negative[0])} is negative; seeds must be non-negative ints (e.g. 42 10 100), "
+                         f"got {seeds!r}")
     return list(dict.fromkeys(int(s) for s in vals))
 
 
-def sample_items(task: Task, n_test: int | None, seed: int) -> list[int]:
-    """Indices of the test items evaluated for `seed` (see the module docstring)."""
-    n = len(task.test)
+SPLITS = ("test", "valid")
+
+
+def sample_items(task: Task, n_test: int | None, seed: int, split: str = "test") -> list[int]:
+    """Indices of the items of `split` evaluated for `seed` (see the module docstring)."""
+    n = len(getattr(task, split))
     if n_test is None or n_test >= n:
         return list(range(n))
     return sorted(int(i) for i in np.random.default_rng(seed).choice(n, n_test, replace=False))
@@ -74,66 +102,159 @@ def _check_batch(batch: Any, n: int, method: Method) -> PreparedBatch:
     return batch
 
 
-# ----------------------------------------------------------------------------------------------- evaluate
-def _decode(tokenizer: Any, token_id: int | None) -> str | None:
-    return None if token_id is None else tokenizer.decode([int(token_id)])
+# ----------------------------------------------------------------------------------------------- one task
+class AnswerTokens:
+    """First token of ``" " + output`` after a prompt (``target_first_token``), cached on the prompt's end."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[tuple[str, str], int] = {}
+
+    def __call__(self, output: str, prompt: str) -> int:
+        key = (prompt[-64:], output)  # the token only depends on the prompt's end
+        if key not in self._cache:
+            self._cache[key] = target_first_token(self.tokenizer, output, prompt=prompt)
+        return self._cache[key]
+
+    def decode(self, token_id: int | None) -> str | None:
+        return None if token_id is None else self.tokenizer.decode([int(token_id)])
+
+
+@dataclass
+class BatchResult:
+    """One batch of test items in one variant: what the method prepared and the model's next-token logits."""
+
+    seed: int
+    template: int
+    prefix: str
+    indices: list[int]  # test-split indices of the items
+    items: list[Any]
+    prepared: PreparedBatch
+    logits: torch.Tensor  # [n, V]
+    latency: float  # seconds per item (prepare + forward)
+
+
+def variant_texts(task: Task, items: Sequence[Any], template: int, prefix: str) -> list[str]:
+    """The texts the method receives for `items` in one variant (template index, answer prefix)."""
+    return [build_text(task.templates[template], it.input, prefix) for it in items]
+
+
+def run_batch(lm: Any, method: Method, task: Task, items: list[Any], texts: list[str], seed: int) -> tuple[
+        PreparedBatch, torch.Tensor, float]:
+    """``method.prepare`` then the forward pass; returns (prepared batch, logits ``[n, V]``, latency per item)."""
+    n = len(items)
+    start = time.perf_counter()
+    prepared = _check_batch(method.prepare(lm, task, items, texts, seed), n, method)
+    logits = next_token_logits(lm, prepared.prompts, injection=prepared.intervention, batch_size=n)
+    return prepared, logits, (time.perf_counter() - start) / n
+
+
+def score_row(answers: AnswerTokens, task: Task, item: Any, prompt: str, logits: torch.Tensor) -> dict[str, Any]:
+    """Official and loose scores of one row (``logits`` ``[V]``; target and label tokens in the prompt's context)."""
+    target = answers(item.output, prompt)
+    label_ids = [answers(lab, prompt) for lab in task.labels]
+    scores = {key: values[0] for key, values in score_logits(logits[None], [target], label_ids or None).items()}
+    pred, target_text = answers.decode(scores["prediction"]), answers.decode(target)
+    pred_word = pred.strip() if pred is not None else ""
+    label_words = {answers.decode(i).strip() for i in label_ids}
+    return {
+        "target_token": target_text, "prediction": pred, "correct": bool(scores["correct"]),
+        "label_prediction": answers.decode(scores["label_prediction"]), "label_correct": scores["label_correct"],
+        "in_labels": scores["in_labels"], "correct_loose": bool(pred_word) and pred_word == target_text.strip(),
+        "in_labels_loose": pred_word in label_words if task.labels else None, "bad_logits": bool(scores["bad_logits"]),
+    }
+
+
+def batch_rows(lm: Any, method: Method, task: Task, batch: BatchResult, answers: AnswerTokens) -> list[dict[str, Any]]:
+    """The result rows of one batch (see the module docstring for the columns)."""
+    prompts = batch.prepared.prompts
+    n_tokens = count_tokens(lm.tokenizer, prompts)
+    chat = bool(getattr(lm, "chat", False))
+    rows = []
+    for j, (index, item) in enumerate(zip(batch.indices, batch.items)):
+        scores = score_row(answers, task, item, prompts[j], batch.logits[j])
+        row = {
+            "method": method.name, "task": task.name, "category": task.category, "in_domain": task.in_domain,
+            "item": index, "template": batch.template, "prefix": batch.prefix, "seed": batch.seed,
+            "target": item.output, **scores, "chat": chat,
+            "primary_correct": scores["correct_loose"] if chat else scores["correct"],
+            "n_prompt_tokens": n_tokens[j], "latency": batch.latency,
+        }
+        for key, value in (batch.prepared.info[j] if batch.prepared.info else {}).items():
+            row[f"info_{key}" if key in row else key] = value
+        rows.append(row)
+    return rows
 
 
 def evaluate_task(
     lm: Any, method: Method, task: Task, item_sets: dict[int, list[int]], variant_list: list[tuple[int, str]],
-    batch_size: int = 8, progress: bool = True,
+    batch_size: int = 8, progress: bool = True, cache: BodyCache | None = None, split: str = "test",
 ) -> pd.DataFrame:
-    """Rows for one task (call inside ``method.active(lm)``); `item_sets` maps seed -> test indices."""
-    tok = lm.tokenizer
+    """Rows for one task (call inside ``method.active(lm)``); `item_sets` maps seed -> indices into `split`.
+
+    With a `cache`, the variants of each batch of items are prepared together and every shared prompt body runs
+    once (:mod:`workbench.core.kv_cache`); the rows are the same as without it, in the same order.
+    """
     if task.labels:
-        label_token_ids(tok, task.labels)  # clear error if two labels share their first token
-    cache: dict[tuple[str, str], int] = {}
+        label_token_ids(lm.tokenizer, task.labels)  # clear error if two labels share their first token
+    answers = AnswerTokens(lm.tokenizer)
+    split_items = getattr(task, split)
+    groups = [(seed, rows) for seed, indices in item_sets.items() for rows in batches(len(indices), batch_size)]
+    keyed: list[tuple[tuple[int, int, int], list[dict[str, Any]]]] = []
+    seed_order = {seed: i for i, seed in enumerate(item_sets)}
+    with tqdm(total=len(groups) * len(variant_list), desc=task.name, leave=False, disable=not progress) as bar:
+        for seed, rows in groups:
+            indices = item_sets[seed][rows]
+            items = [split_items[i] for i in indices]
+            texts = [variant_texts(task, items, t_idx, prefix) for t_idx, prefix in variant_list]
+            runs_ = (run_variants_cached(lm, method, task, items, texts, seed, cache) if cache is not None else
+                     (run_batch(lm, method, task, items, t, seed) for t in texts))
+            for v, (prepared, logits, latency) in enumerate(runs_):
+                t_idx, prefix = variant_list[v]
+                batch = BatchResult(seed, t_idx, prefix, indices, items, prepared, logits, latency)
+                keyed.append(((seed_order[seed], v, rows.start), batch_rows(lm, method, task, batch, answers)))
+                bar.update(1)
+    keyed.sort(key=lambda kv: kv[0])  # seed, then variant, then items: the order of the uncached protocol
+    return pd.DataFrame.from_records([row for _, rows_ in keyed for row in rows_])
 
-    def answer_token(output: str, prompt: str) -> int:
-        # first token of " " + output after this prompt; it only depends on the prompt's end (cached on it)
-        key = (prompt[-64:], output)
-        if key not in cache:
-            cache[key] = target_first_token(tok, output, prompt=prompt)
-        return cache[key]
 
-    n_batches = sum(math.ceil(len(ix) / batch_size) for ix in item_sets.values()) * len(variant_list)
-    records: list[dict[str, Any]] = []
-    with tqdm(total=n_batches, desc=task.name, leave=False, disable=not progress) as bar:
-        for seed, indices in item_sets.items():
-            items = [task.test[i] for i in indices]
-            for t_idx, prefix in variant_list:
-                texts = [build_text(task.templates[t_idx], it.input, prefix) for it in items]
-                for rows in batches(len(items), batch_size):
-                    n = rows.stop - rows.start
-                    start = time.perf_counter()
-                    batch = _check_batch(method.prepare(lm, task, items[rows], texts[rows], seed), n, method)
-                    logits = next_token_logits(lm, batch.prompts, injection=batch.intervention, batch_size=n)
-                    latency = (time.perf_counter() - start) / n
-                    targets = [answer_token(it.output, p) for it, p in zip(items[rows], batch.prompts)]
-                    per_row = [score_logits(logits[j: j + 1], targets[j: j + 1],
-                                            [answer_token(lab, batch.prompts[j]) for lab in task.labels] or None)
-                               for j in range(n)]
-                    scores = {key: [r[key][0] for r in per_row] for key in per_row[0]}
-                    n_tokens = count_tokens(tok, batch.prompts)
-                    for j in range(n):
-                        pred, target = _decode(tok, scores["prediction"][j]), _decode(tok, targets[j])
-                        label_words = {_decode(tok, answer_token(lab, batch.prompts[j])).strip() for lab in task.labels}
-                        rec = {
-                            "method": method.name, "task": task.name, "category": task.category,
-                            "in_domain": task.in_domain, "item": indices[rows.start + j], "template": t_idx,
-                            "prefix": prefix, "seed": seed, "target": items[rows.start + j].output,
-                            "target_token": target, "prediction": pred, "correct": bool(scores["correct"][j]),
-                            "label_prediction": _decode(tok, scores["label_prediction"][j]),
-                            "label_correct": scores["label_correct"][j], "in_labels": scores["in_labels"][j],
-                            "correct_loose": bool(pred.strip()) and pred.strip() == target.strip(),
-                            "in_labels_loose": pred.strip() in label_words if task.labels else None,
-                            "n_prompt_tokens": n_tokens[j], "latency": latency,
-                        }
-                        for key, value in (batch.info[j] if batch.info else {}).items():
-                            rec[f"info_{key}" if key in rec else key] = value
-                        records.append(rec)
-                    bar.update(1)
-    return pd.DataFrame.from_records(records)
+def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], texts: list[list[str]], seed: int,
+                        cache: BodyCache) -> list[tuple[PreparedBatch, torch.Tensor, float]]:
+    """Every variant of one batch of items with shared bodies: prepare all, find the bodies they share, run each
+    body once and only the tails per variant. A variant whose intervention edits earlier positions runs uncached.
+    Latency per row = the group's wall time / its rows, plus the time of the bodies it read that another method
+    had computed (so a method's latency does not depend on which method ran first)."""
+    start, borrowed = time.perf_counter(), cache.borrowed_seconds
+    n = len(items)
+    prepared = [_check_batch(method.prepare(lm, task, items, t, seed), n, method) for t in texts]
+    cacheable = [edits_last_token_only(p.intervention) for p in prepared]
+    prompts = [q for p, ok in zip(prepared, cacheable) if ok for q in p.prompts]
+    _, cuts = body_lengths(lm, prompts) if prompts else ([], [])
+    scope = None if method.shares_model_weights else ("method", id(method))
+    out, used = [], 0
+    for p, ok in zip(prepared, cacheable):
+        if ok:
+            logits = cached_next_token_logits(lm, p.prompts, p.intervention, cache, scope, batch_size=n,
+                                              bodies=cuts[used: used + n], owner=id(method))
+            used += n
+        else:
+            logits = next_token_logits(lm, p.prompts, injection=p.intervention, batch_size=n)
+        out.append([p, logits])
+    latency = (time.perf_counter() - start + cache.borrowed_seconds - borrowed) / (n * len(texts))
+    return [(p, logits, latency) for p, logits in out]
+
+
+def warn_bad_logits(parts: Sequence[pd.DataFrame], method: Method) -> None:
+    """One warning naming how many rows had garbage logits (NaN/inf or constant) and in which tasks."""
+    df = pd.concat([p for p in parts if "bad_logits" in p], ignore_index=True) if parts else pd.DataFrame()
+    if df.empty or not df["bad_logits"].any():
+        return
+    bad = df[df["bad_logits"].astype(bool)]
+    per_task = bad.groupby("task", sort=False).size()
+    tasks = ", ".join(f"{t} ({n})" for t, n in per_task.items())
+    warnings.warn(f"{method.name}: {len(bad)} of {len(df)} rows had non-finite or constant logits (tasks: {tasks}); "
+                  "they are scored as wrong (column bad_logits). The intervention is probably far too strong.",
+                  RuntimeWarning, stacklevel=3)
 
 
 def evaluate(
@@ -148,6 +269,8 @@ def evaluate(
     run_dir: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    cache: bool | BodyCache = True,
+    split: str = "test",
 ) -> pd.DataFrame:
     """Evaluate `method` on `tasks`; one row per item x variant x seed (see the module docstring).
 
@@ -155,10 +278,46 @@ def evaluate(
     :data:`workbench.tasks.prompts.PREFIXES`. With ``run_dir`` the config, each finished task's rows and efficiency.json
     are written atomically, and a rerun skips finished tasks (:mod:`workbench.eval.runs`). The result carries
     ``attrs["efficiency"]`` (mean latency per item, peak memory; :mod:`workbench.eval.efficiency`) and ``attrs["config"]``.
+    ``cache=True`` (default) computes every prompt body the variants of an item share once
+    (:mod:`workbench.core.kv_cache`; the same rows as ``cache=False``, logits equal up to float32 noise); pass a
+    :class:`~workbench.core.kv_cache.BodyCache` to choose its memory budget or to share it across calls.
+    ``split="valid"`` evaluates on the validation split instead (for choosing settings: :mod:`workbench.analysis.selection`).
     """
     if not isinstance(method, Method):
         msg = f"method must be a workbench Method (e.g. wb.ZeroShot()), got {type(method).__name__}"
         raise ValueError(msg)  # noqa: TRY004
+    return evaluate_many(lm, {method.name: method}, tasks, n_test, templates, prefixes, seeds, batch_size,
+                         run_dir, data_dir, progress, cache, split, _own_folder=True)[method.name]
+
+
+def evaluate_many(
+    lm: Any,
+    methods: Mapping[str, Method],
+    tasks: TaskSpec,
+    n_test: int | None = 100,
+    templates: Any = "all",
+    prefixes: Any = "all",
+    seeds: int | Sequence[int] = (42,),
+    batch_size: int = 8,
+    run_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    cache: bool | BodyCache = True,
+    split: str = "test",
+    _own_folder: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """Evaluate several fitted methods on the same items, task by task: ``{label: rows}`` as :func:`evaluate` gives.
+
+    The methods of one task share one body cache, so a prompt body zero-shot, ATV, static TV and ELICIT all read is
+    computed once for all of them (a method that changes the model's weights, LoRA, keeps its own bodies). With
+    `run_dir`, each method's results go to ``run_dir/<label>/`` (resumable). A method's latency rows count the bodies
+    it read even when an earlier method computed them (their measured time), so latencies compare as if each
+    method had run alone with the cache.
+    """
+    methods = dict(methods)
+    bad = [k for k, m in methods.items() if not isinstance(m, Method)]
+    if not methods or bad:
+        raise ValueError(f"methods must be a non-empty {{label: Method}} mapping, got {bad or 'nothing'}")
     check_batch_size(batch_size)
     n_test = check_n_test(n_test)
     seed_list = check_seeds(seeds)
@@ -167,30 +326,81 @@ def evaluate(
     for task in task_list:
         if len(task.templates) != 3:
             raise ValueError(f"task {task.name!r} has {len(task.templates)} templates; the protocol needs 3")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    if not (cache is True or cache is False or isinstance(cache, BodyCache)):
+        raise ValueError(f"cache must be True, False or a BodyCache, got {cache!r}")
+    body_cache = BodyCache() if cache is True else (cache or None)
     data_path = next((str(t.path.parent) for t in task_list if t.path is not None), None)
-    config = runs.run_config(lm, method, [t.name for t in task_list], n_test, templates, prefixes, seed_list,
-                             batch_size, data_path)
-    root = runs.open_run(run_dir, config) if run_dir is not None else None
-    eff = runs.read_efficiency(root) if root is not None else {}
-    task_records: dict[str, dict] = dict(eff.get("tasks", {}))
-    parts = []
-    with method.active(lm):
-        for task in tqdm(task_list, desc=method.name, disable=not progress):
-            done = runs.load_task_results(root, task.name) if root is not None else None
-            if done is not None:
-                parts.append(done)
-                continue
-            item_sets = {s: sample_items(task, n_test, s) for s in seed_list}
-            with PeakMemory(lm.device) as mem:
-                part = evaluate_task(lm, method, task, item_sets, variant_list, batch_size, progress)
-            parts.append(part)
-            task_records[task.name] = {**mem.result, **efficiency_summary(part)}
-            if root is not None:
-                runs.save_task_results(root, task.name, part)
-                runs.write_efficiency(root, {"tasks": task_records, "summary": _summary(parts, task_records)})
-    df = pd.concat(parts, ignore_index=True)
-    df.attrs["efficiency"] = _summary(parts, task_records, [t.name for t in task_list])
-    df.attrs["config"] = config
+    folders = {k: (run_dir if _own_folder else Path(run_dir) / k.replace(" ", "_")) if run_dir is not None else None
+               for k in methods}
+    protocol = (n_test, templates, prefixes, seed_list, batch_size, split)
+    state = {k: MethodRun(lm, m, [t.name for t in task_list], protocol, data_path, folders[k])
+             for k, m in methods.items()}
+    with tqdm(total=len(task_list) * len(methods), desc=" + ".join(m.name for m in methods.values()),
+              disable=not progress) as bar:
+        for task in task_list:
+            item_sets = {s: sample_items(task, n_test, s, split) for s in seed_list}
+            for label, method in methods.items():
+                run = state[label]
+                if not run.resume(task, lm):
+                    with method.active(lm), PeakMemory(lm.device) as mem:
+                        part = evaluate_task(lm, method, task, item_sets, variant_list, batch_size, progress,
+                                             body_cache, split)
+                    run.add(task, part, mem.result)
+                bar.update(1)
+            if cache is True:
+                body_cache.clear()  # a task's bodies are not reused by the next task
+    out = {}
+    for label, method in methods.items():
+        warn_bad_logits(state[label].parts, method)
+        out[label] = state[label].frame([t.name for t in task_list])
+    return out
+
+
+class MethodRun:
+    """One method's evaluation across tasks: its run folder (config checked, finished tasks reloaded), its rows and
+    its efficiency records."""
+
+    def __init__(self, lm: Any, method: Method, task_names: list[str], protocol: tuple, data_path: str | None,
+                 run_dir: str | os.PathLike | None) -> None:
+        n_test, templates, prefixes, seed_list, batch_size, split = protocol
+        self.config = runs.run_config(lm, method, task_names, n_test, templates, prefixes, seed_list, batch_size,
+                                      data_path)
+        if split != "test":  # recorded (and compared on resume) only when it is not the default
+            self.config["split"] = split
+        self.root = runs.open_run(run_dir, self.config) if run_dir is not None else None
+        eff = runs.read_efficiency(self.root) if self.root is not None else {}
+        self.records: dict[str, dict] = dict(eff.get("tasks", {}))
+        self.parts: list[pd.DataFrame] = []
+
+    def resume(self, task: Task, lm: Any) -> bool:
+        """Whether `task` was finished in the run folder (its rows are then taken from there)."""
+        done = runs.load_task_results(self.root, task.name) if self.root is not None else None
+        if done is not None:
+            self.parts.append(_with_chat_columns(done, lm))
+        return done is not None
+
+    def add(self, task: Task, part: pd.DataFrame, memory: dict) -> None:
+        self.parts.append(part)
+        self.records[task.name] = {**memory, **efficiency_summary(part)}
+        if self.root is not None:
+            runs.save_task_results(self.root, task.name, part)
+            runs.write_efficiency(self.root, {"tasks": self.records, "summary": _summary(self.parts, self.records)})
+
+    def frame(self, task_names: list[str]) -> pd.DataFrame:
+        df = pd.concat(self.parts, ignore_index=True)
+        df.attrs["efficiency"] = _summary(self.parts, self.records, task_names)
+        df.attrs["config"] = self.config
+        return df
+
+
+def _with_chat_columns(df: pd.DataFrame, lm: Any) -> pd.DataFrame:
+    """Rows saved before the per-row ``chat`` / ``primary_correct`` columns existed get them (from ``lm.chat``)."""
+    if "chat" not in df:
+        df = df.assign(chat=bool(getattr(lm, "chat", False)))
+    if "primary_correct" not in df and {"correct", "correct_loose"} <= set(df.columns):
+        df = df.assign(primary_correct=df["correct_loose"].where(df["chat"], df["correct"]).astype(bool))
     return df
 
 

@@ -6,9 +6,12 @@ Layout of a run directory::
     results/<task>.parquet one file per finished task (CSV when pyarrow is missing), written atomically
     efficiency.json        per-task latency / peak-memory records and the method-level summary
 
-A rerun with the same directory skips the tasks whose result file exists. The keys of :data:`COMPARED_KEYS`
-must equal the recorded ones, otherwise :class:`RunConfigMismatch` names the first differing key; the other keys
-(package versions, git commit, creation time, the task list) are informational, and new tasks may be added.
+A rerun with the same directory skips the tasks whose result file exists. A config.json or efficiency.json that is
+not JSON or lacks a key raises :class:`~workbench.core.files.FileFormatError` naming the file and the key; a task
+name that is not a plain file name (``a/b``, ``..``) is refused before anything is written. The keys of
+:data:`COMPARED_KEYS` must equal the recorded ones, otherwise :class:`RunConfigMismatch` names the first differing
+key; the other keys (package versions, git commit, creation time, the task list) are informational, and new tasks may
+be added.
 """
 
 from __future__ import annotations
@@ -26,16 +29,26 @@ import pandas as pd
 
 from workbench.core.files import (
     DEFAULT_PACKAGES,
+    FileFormatError,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     package_versions,
+    read_json,
     repo_root,
 )
+from workbench.tasks.registry import check_task_name
 
 #: Config keys that must match for a run directory to be resumed.
-COMPARED_KEYS = ("model", "method", "n_test", "templates", "prefixes", "seeds", "batch_size", "data_dir")
+COMPARED_KEYS = ("model", "method", "n_test", "templates", "prefixes", "seeds", "batch_size", "data_dir", "split")
 RESULTS = "results"
+#: Keys every recorded config.json has (optional compared keys such as "split" are recorded only when not default).
+CONFIG_KEYS = ("model", "method", "n_test", "templates", "prefixes", "seeds", "batch_size", "data_dir", "tasks")
+#: Keys of efficiency.json and of each of its per-task records.
+EFFICIENCY_KEYS = ("tasks", "summary")
+MEMORY_KEYS = ("memory_kind", "peak_bytes", "increase_bytes")
+CONFIG_WHAT = "the config.json that workbench.evaluate writes into a run directory"
+EFFICIENCY_WHAT = "the efficiency.json that workbench.evaluate writes into a run directory"
 
 
 class RunConfigMismatch(ValueError):
@@ -116,13 +129,18 @@ def check_config(recorded: dict, config: dict) -> None:
 
 
 def open_run(run_dir: str | os.PathLike, config: dict) -> Path:
-    """Create `run_dir` or check its recorded config against `config`; record the (union of) tasks."""
+    """Create `run_dir` or check its recorded config against `config`; record the (union of) tasks.
+
+    Every task name must be a plain name (it becomes ``results/<task>.parquet``); checked before anything is written.
+    """
+    for task in config.get("tasks", []):
+        check_task_name(task)
     root = Path(run_dir).expanduser()
     if root.exists() and not root.is_dir():
         raise ValueError(f"run_dir {str(root)!r} exists and is not a directory")
     path = root / "config.json"
     if path.exists():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
+        recorded = read_config(root)
         check_config(recorded, config)
         if recorded.get("packages") != config.get("packages"):
             warnings.warn(f"{path}: package versions differ from the ones recorded; resuming anyway", stacklevel=3)
@@ -144,10 +162,19 @@ def _parquet_ok() -> bool:
     return True
 
 
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The recorded config.json of `run_dir` (FileFormatError naming the file if it is not JSON or lacks a key)."""
+    return read_json(Path(run_dir) / "config.json", CONFIG_KEYS, CONFIG_WHAT)
+
+
+def _results_file(run_dir: str | os.PathLike, task: str, ext: str) -> Path:
+    return Path(run_dir) / RESULTS / f"{check_task_name(task)}{ext}"
+
+
 def task_results_path(run_dir: str | os.PathLike, task: str) -> Path | None:
     """The result file of `task` if it exists (parquet or CSV), else None."""
     for ext in (".parquet", ".csv"):
-        p = Path(run_dir) / RESULTS / f"{task}{ext}"
+        p = _results_file(run_dir, task, ext)
         if p.is_file():
             return p
     return None
@@ -156,8 +183,8 @@ def task_results_path(run_dir: str | os.PathLike, task: str) -> Path | None:
 def save_task_results(run_dir: str | os.PathLike, task: str, df: pd.DataFrame) -> Path:
     """Write one task's rows atomically (parquet, or CSV without pyarrow); returns the path."""
     if _parquet_ok():
-        return atomic_write_bytes(Path(run_dir) / RESULTS / f"{task}.parquet", df.to_parquet(index=False))
-    return atomic_write_text(Path(run_dir) / RESULTS / f"{task}.csv", df.to_csv(index=False))
+        return atomic_write_bytes(_results_file(run_dir, task, ".parquet"), df.to_parquet(index=False))
+    return atomic_write_text(_results_file(run_dir, task, ".csv"), df.to_csv(index=False))
 
 
 def load_task_results(run_dir: str | os.PathLike, task: str) -> pd.DataFrame | None:
@@ -177,9 +204,20 @@ def finished_tasks(run_dir: str | os.PathLike) -> list[str]:
 
 
 def read_efficiency(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The efficiency.json of `run_dir` ({} if absent)."""
+    """The efficiency.json of `run_dir` ({} if absent); FileFormatError naming the file and key if it is malformed."""
     path = Path(run_dir) / "efficiency.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not (path.exists() or path.is_symlink()):
+        return {}
+    record = read_json(path, EFFICIENCY_KEYS, EFFICIENCY_WHAT)
+    tasks = record["tasks"]
+    if not isinstance(tasks, dict) or not isinstance(record["summary"], dict):
+        raise FileFormatError(f"{path}: 'tasks' and 'summary' must be JSON objects; expected {EFFICIENCY_WHAT}")
+    for task, rec in tasks.items():
+        missing = [k for k in MEMORY_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise FileFormatError(f"{path}: the record of task {task!r} lacks key {missing[0]!r} (needs "
+                                  f"{list(MEMORY_KEYS)}); expected {EFFICIENCY_WHAT}")
+    return record
 
 
 def write_efficiency(run_dir: str | os.PathLike, record: dict[str, Any]) -> None:
@@ -193,6 +231,6 @@ def load_run(run_dir: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"{str(root)!r} is not a run directory (no config.json)")
     parts = [load_task_results(root, t) for t in finished_tasks(root)]
     df = pd.concat([p for p in parts if p is not None], ignore_index=True) if parts else pd.DataFrame()
-    df.attrs["config"] = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    df.attrs["config"] = read_config(root)
     df.attrs["efficiency"] = read_efficiency(root).get("summary", {})
     return df

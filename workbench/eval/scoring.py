@@ -1,5 +1,9 @@
 """Scoring next-token predictions: the official first-token accuracy and the paper's reliability measures.
 
+* **Garbage logits**: a row whose logits contain NaN/inf, or are all equal (e.g. an intervention so strong that the
+  model's output collapsed), has no prediction: ``bad_logits`` is True, ``prediction`` / ``label_prediction`` are
+  None and ``correct`` / ``label_correct`` / ``in_labels`` are False (an argmax over such a row is the first index,
+  which would otherwise count as predicting the first label).
 * **Accuracy** (official ATV / ELICIT): the argmax of the last-position logits over the *full* vocabulary equals
   the first token of the answer ``" " + output``.
 * **Label accuracy**: the argmax restricted to the task's label tokens equals the target.
@@ -26,14 +30,23 @@ import pandas as pd
 import torch
 
 
+def bad_logit_rows(logits: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: the row of ``[B, V]`` logits has a NaN/inf or all its values are equal (nothing to rank)."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [B, V], got shape {tuple(logits.shape)}")
+    x = logits.detach()
+    return ~torch.isfinite(x).all(dim=-1) | (x.amax(dim=-1) == x.amin(dim=-1))
+
+
 def score_logits(
     logits: torch.Tensor, target_ids: Sequence[int] | torch.Tensor, label_ids: Sequence[int] | None = None
 ) -> dict[str, list]:
     """Per-row records from ``[B, V]`` last-position logits.
 
-    Returns lists of length B: ``prediction`` (full-vocabulary argmax id), ``correct``, and, when `label_ids` is
-    given and non-empty, ``label_prediction`` (id of the best label token), ``label_correct`` and ``in_labels``
-    (prediction is a label token); without labels these are None.
+    Returns lists of length B: ``bad_logits`` (see the module docstring), ``prediction`` (full-vocabulary argmax id),
+    ``correct``, and, when `label_ids` is given and non-empty, ``label_prediction`` (id of the best label token),
+    ``label_correct`` and ``in_labels`` (prediction is a label token); without labels these are None. Rows with bad
+    logits have prediction / label_prediction None and every score False.
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be [B, V], got shape {tuple(logits.shape)}")
@@ -41,9 +54,10 @@ def score_logits(
     if targets.numel() != logits.shape[0]:
         raise ValueError(f"{targets.numel()} target ids for {logits.shape[0]} rows of logits")
     logits = logits.detach().float().cpu()
+    bad = bad_logit_rows(logits).tolist()
     pred = logits.argmax(dim=-1)
-    out: dict[str, list] = {"prediction": pred.tolist(), "correct": (pred == targets).tolist()}
     b = logits.shape[0]
+    out: dict[str, list] = {"bad_logits": bad, "prediction": pred.tolist(), "correct": (pred == targets).tolist()}
     if label_ids is not None and len(label_ids) > 0:
         lab = torch.as_tensor(list(label_ids), dtype=torch.long)
         if int(lab.max()) >= logits.shape[1] or int(lab.min()) < 0:
@@ -56,13 +70,11 @@ def score_logits(
         out["label_prediction"] = [None] * b
         out["label_correct"] = [None] * b
         out["in_labels"] = [None] * b
+    for i in (i for i in range(b) if bad[i]):
+        out["prediction"][i], out["correct"][i] = None, False
+        if out["label_prediction"][i] is not None:
+            out["label_prediction"][i], out["label_correct"][i], out["in_labels"][i] = None, False, False
     return out
-
-
-def format_adherence(in_labels: Sequence[bool | None]) -> float:
-    """Share of rows whose full-vocabulary prediction is a label token (NaN when unknown / empty)."""
-    vals = [bool(v) for v in in_labels if v is not None]
-    return float(sum(vals) / len(vals)) if vals else float("nan")
 
 
 def _pair_agreement(preds: pd.Series) -> float:
@@ -88,10 +100,3 @@ def item_consistency(df: pd.DataFrame) -> pd.DataFrame:
 def consistency_by_task(df: pd.DataFrame) -> pd.Series:
     """SCORE consistency rate per task (mean over items and seeds)."""
     return item_consistency(df).groupby("task")["consistency"].mean()
-
-
-def consistency(df: pd.DataFrame) -> float:
-    """SCORE consistency rate over all items of all tasks in `df` (see the module docstring)."""
-    per_item = item_consistency(df)
-    return float(per_item["consistency"].mean()) if len(per_item) else float("nan")
-

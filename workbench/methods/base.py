@@ -2,7 +2,8 @@
 
 `wb.evaluate` and the notebooks only talk to this interface:
 
-1. ``method.fit(lm, train_tasks)`` once (a no-op for prompt methods);
+1. ``method.fit(lm, train_tasks)`` once (a no-op for prompt methods); ``train_tasks`` is a task name, a Task or a
+   list mixing both (:func:`workbench.tasks.registry.resolve_tasks`);
 2. per batch of test items, ``method.prepare(lm, task, items, texts, seed)`` returns a :class:`PreparedBatch`:
    the final strings the large model reads, an optional intervention applied during the forward pass, and
    optional per-row info (e.g. dropped demonstrations, which task ELICIT retrieved);
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from workbench.core.interventions import Intervention
+from workbench.tasks.registry import TaskSpec, resolve_tasks
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
@@ -37,9 +39,17 @@ class Method:
     """Base class: zero-shot behaviour; subclasses override what they change."""
 
     name: str = "method"
+    #: Whether the large model keeps its frozen weights while the method is active (LoRA: False). Then the keys and
+    #: values of a prompt body are the same for this method as for any other (shared-prefix evaluation).
+    shares_model_weights: bool = True
 
-    def fit(self, lm: "LanguageModel", train_tasks: Sequence[Any]) -> "Method":
-        """Learn whatever the method needs from the train splits (no-op by default)."""
+    def fit(self, lm: "LanguageModel", train_tasks: TaskSpec) -> "Method":
+        """Learn whatever the method needs from the train splits (no-op by default).
+
+        `train_tasks` is anything :func:`workbench.tasks.registry.resolve_tasks` accepts: a task name, a Task, a
+        group name or a list mixing names and Tasks (duplicates removed, order kept).
+        """
+        resolve_tasks(train_tasks)
         return self
 
     def prepare(

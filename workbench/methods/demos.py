@@ -144,8 +144,3 @@ def zero_shot_texts(lm: LanguageModel, task: Any, items: Sequence[Any], template
     """Rendered zero-shot prompts of `items` with one of the task's templates."""
     tpl = task.templates[template]
     return [lm.render(build_text(tpl, it.input, prefix)) for it in items]
-
-
-def mean_norms(vectors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-layer ℓ2 norms ``[L]`` of each vector ``[L, d]`` (or ``[L, m, d]``: norm over the last dim)."""
-    return {name: v.float().norm(dim=-1) for name, v in vectors.items()}

@@ -28,9 +28,10 @@ import torch
 from workbench.core.inference import next_token_logits
 from workbench.core.interventions import Injection, LayerSpec, resolve_layers
 from workbench.methods.base import Method, PreparedBatch
-from workbench.methods.demos import demo_prompts, mean_norms, prompt_states, task_rng, zero_shot_texts
+from workbench.methods.demos import demo_prompts, prompt_states, task_rng, zero_shot_texts
 from workbench.tasks.answers import target_first_token
 from workbench.tasks.prompts import TRAIN_PREFIX, build_text
+from workbench.tasks.registry import TaskSpec, resolve_tasks
 from workbench.tasks.retrieval import DEFAULT_RETRIEVER, QueryIndex, recall_threshold
 
 if TYPE_CHECKING:
@@ -97,12 +98,12 @@ class ELICIT(Method):
         return {"zero_shot": score(None)[0], "layers": {l: acc for l, (acc, _) in per_layer.items()},
                 "logprob": {l: lp for l, (_, lp) in per_layer.items()}, "n_valid": len(items)}
 
-    def fit(self, lm: LanguageModel, train_tasks: Sequence[Any]) -> ELICIT:
-        if not train_tasks:
-            raise ValueError("ELICIT.fit needs at least one in-domain task")
+    def fit(self, lm: LanguageModel, train_tasks: TaskSpec) -> ELICIT:
+        """Library, best layers and retriever of `train_tasks` (names, Tasks or a list of them)."""
+        tasks = resolve_tasks(train_tasks)
         states, held_out, held_keys = [], [], []
         self.entry_tasks, self.entry_queries = [], []
-        for task in train_tasks:
+        for task in tasks:
             prompts = demo_prompts(lm, task, self.k, self.n_prompts, self.seed, template=self.template)
             task_states = prompt_states(lm, prompts, self.batch_size)
             states.append(task_states)
@@ -124,10 +125,6 @@ class ELICIT(Method):
         else:
             self.threshold = float(self.threshold_spec)
         return self
-
-    def norms(self) -> dict[str, torch.Tensor]:
-        """Per-layer ℓ2 norm ``[L]`` of each task's mean library state."""
-        return mean_norms(self.vectors)
 
     # ------------------------------------------------------------------ retrieval
     def retrieve(self, texts: Sequence[str]) -> tuple[list[torch.Tensor | None], list[dict], list[int]]:

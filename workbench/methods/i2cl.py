@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from workbench.core.inference import next_token_logits
 from workbench.core.interventions import MODULES, ContextInjection, check_positions
 from workbench.methods.base import Method, PreparedBatch
-from workbench.methods.demos import mean_norms, per_class_demos, single_demos, sublayer_outputs
+from workbench.methods.demos import per_class_demos, single_demos, sublayer_outputs
 from workbench.tasks.answers import target_first_token
 from workbench.tasks.prompts import TRAIN_PREFIX, build_text
+from workbench.tasks.registry import TaskSpec, resolve_tasks
 from workbench.tasks.retrieval import DEFAULT_RETRIEVER, QueryIndex
 
 if TYPE_CHECKING:
@@ -74,11 +75,11 @@ class I2CL(Method):
         self.questions: dict[str, list[str]] = {}  # task -> calibration questions (unrendered)
         self.index: QueryIndex | None = None
 
-    def fit(self, lm: LanguageModel, train_tasks: Sequence[Any]) -> I2CL:
-        if not train_tasks:
-            raise ValueError("I2CL.fit needs at least one in-domain task")
+    def fit(self, lm: LanguageModel, train_tasks: TaskSpec) -> I2CL:
+        """Context vectors of `train_tasks` (names, Tasks or a list of them) and the shared coefficients."""
+        tasks = resolve_tasks(train_tasks)
         examples: list[tuple[str, int, str]] = []  # (rendered question, target token, task)
-        for task in train_tasks:
+        for task in tasks:
             demos = per_class_demos(task, self.shots_per_class, self.seed, self.max_demos)
             self.vectors[task.name] = sublayer_outputs(lm, single_demos(lm, task, demos, self.template)).mean(0)
             questions = [build_text(task.templates[self.template], it.input, TRAIN_PREFIX) for it in demos]
@@ -123,10 +124,6 @@ class I2CL(Method):
         finally:
             torch.random.set_rng_state(gen_state)
         self.coefs = coefs.detach().cpu()
-
-    def norms(self) -> dict[str, torch.Tensor]:
-        """Per-layer ℓ2 norms ``[L, 2]`` (attention, MLP) of each task's context vectors."""
-        return mean_norms(self.vectors)
 
     def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str], seed: int = 42) -> PreparedBatch:
         if self.coefs is None or self.index is None:

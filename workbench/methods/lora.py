@@ -7,17 +7,18 @@ projections, trained on the same examples and loss as ATV.
 * Training: :func:`workbench.atv.examples.training_examples` (90 train items per task x 3 templates, the same sample
   as ATV) and :func:`workbench.atv.examples.answer_loss` (teacher-forced cross-entropy on the answer tokens); AdamW,
   lr 4e-4 (the paper's change from 1e-3), r=8, alpha=32, dropout 0.05; epochs as ATV.
-* The adapter is attached only inside ``active(lm)`` (and during ``fit``): peft's LoRA layers are injected into
-  ``lm.hf``, the trained weights loaded, and on exit every LoRA layer is replaced by its original base module, so
-  the base model's parameters and logits are exactly what they were.
+* The adapter is attached only during ``fit`` (peft's LoRA layers injected into ``lm.hf``) and, merged into the
+  base weights, inside ``active(lm)``: evaluation then runs the plain model at the plain model's cost (an unmerged
+  peft wrapper traced by nnsight made it ~7x slower than zero-shot). On exit every LoRA layer is replaced by its
+  base module and the original weights are copied back, so the parameters and logits are exactly what they were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -27,6 +28,7 @@ from workbench.atv.examples import training_examples
 from workbench.atv.loss import answer_loss
 from workbench.core.architectures import architecture_of
 from workbench.methods.base import Method
+from workbench.tasks.registry import TaskSpec, resolve_tasks
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
@@ -61,6 +63,7 @@ class LoRA(Method):
     """peft LoRA on the query/value projections, attached only inside ``active(lm)`` (see the module docstring)."""
 
     name = "lora"
+    shares_model_weights = False  # the adapter changes the model: prompt bodies are cached per LoRA instance
 
     def __init__(
         self,
@@ -108,8 +111,9 @@ class LoRA(Method):
             remove_lora(lm.hf)
             lm.hf.eval()
 
-    def fit(self, lm: LanguageModel, train_tasks: Sequence[Any]) -> LoRA:
-        examples = training_examples(train_tasks, n_train=self.n_train, seed=self.seed)
+    def fit(self, lm: LanguageModel, train_tasks: TaskSpec) -> LoRA:
+        """Train the adapter on `train_tasks` (names, Tasks or a list of them)."""
+        examples = training_examples(resolve_tasks(train_tasks), n_train=self.n_train, seed=self.seed)
         prompts = [ex.prompt(lm) for ex in examples]
         targets = [ex.target for ex in examples]
         self.targets = list(architecture_of(lm.hf).lora_targets)
@@ -135,21 +139,22 @@ class LoRA(Method):
 
     @contextlib.contextmanager
     def active(self, lm: LanguageModel) -> Iterator[None]:
+        """The trained adapter merged into the base weights (``W + s·B·A``): evaluation costs what the plain model
+        costs (no LoRA modules for nnsight to trace). The original weights are restored exactly on exit."""
         if self.state is None:
             raise RuntimeError("LoRA is not fitted: call fit(lm, in_domain_tasks) first")
-        with self.attached(lm, train=False):
-            yield
-
-    def norms(self) -> dict[str, torch.Tensor]:
-        """Frobenius norm of each adapted module's update ``(alpha / r) * B @ A``, by module name."""
-        if self.state is None:
-            return {}
-        out = {}
-        for name, a in self.state.items():
-            if ".lora_A." in name:
-                b = self.state[name.replace(".lora_A.", ".lora_B.")]
-                out[name.split(".lora_A.")[0]] = ((self.alpha / self.r) * (b @ a)).norm()
-        return out
+        originals: list[tuple[torch.nn.Module, torch.Tensor]] = []
+        try:
+            with self.attached(lm, train=False):
+                for layer in [m for m in lm.hf.modules() if isinstance(m, LoraLayer)]:
+                    base = layer.get_base_layer()
+                    originals.append((base, base.weight.detach().clone()))
+                    layer.merge(adapter_names=[ADAPTER])
+            yield  # the LoRA layers are gone; their base modules hold the merged weights
+        finally:
+            with torch.no_grad():
+                for base, weight in originals:
+                    base.weight.copy_(weight)
 
     def config(self) -> dict:
         return {"name": self.name, "r": self.r, "alpha": self.alpha, "dropout": self.dropout, "lr": self.lr,

@@ -36,6 +36,7 @@ import numpy as np
 from workbench.core.tokens import count_tokens
 from workbench.methods.base import Method, PreparedBatch
 from workbench.tasks.prompts import PREFIXES, build_text, target_text
+from workbench.tasks.registry import TaskSpec, resolve_tasks
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
@@ -154,13 +155,13 @@ class BM25FewShot(FewShot):
         super().__init__(k, pool_size)
         self._indices: dict[tuple[str, int], tuple[Any, list[int]]] = {}
 
-    def fit(self, lm: LanguageModel, train_tasks: Sequence[Any]) -> BM25FewShot:
-        """Build the BM25 index of every task now (otherwise built lazily on first use)."""
-        for task in train_tasks:
-            self.index(task)
+    def fit(self, lm: LanguageModel, train_tasks: TaskSpec) -> BM25FewShot:
+        """Build the BM25 index of every task (names, Tasks or a list of them) now (otherwise built on first use)."""
+        for task in resolve_tasks(train_tasks):
+            self.bm25_index(task)
         return self
 
-    def index(self, task: Any) -> tuple[Any, list[int]]:
+    def bm25_index(self, task: Any) -> tuple[Any, list[int]]:
         """(bm25s retriever over the pool's inputs, pool train indices), cached per task."""
         import bm25s
 
@@ -177,12 +178,12 @@ class BM25FewShot(FewShot):
         """BM25 score of every pool item for `query` (zeros when the query has no indexed word)."""
         import bm25s
 
-        retriever, pool = self.index(task)
+        retriever, pool = self.bm25_index(task)
         words = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
         return retriever.get_scores(words) if words else np.zeros(len(pool), dtype=np.float32)
 
     def select(self, task: Any, item: Any, seed: int) -> list[int]:
         """Top-k train indices, least similar first (ties: lower train index counts as more similar)."""
-        _, pool = self.index(task)
+        _, pool = self.bm25_index(task)
         order = np.argsort(-self.scores(task, item[0]), kind="stable")[: self.k]
         return [pool[i] for i in order[::-1]]

@@ -21,7 +21,8 @@ import torch
 
 from workbench.core.interventions import Injection, LayerSpec, Replacement, check_scale, resolve_layers
 from workbench.methods.base import Method, PreparedBatch
-from workbench.methods.demos import DemoPrompt, demo_prompts, mean_norms, prompt_states
+from workbench.methods.demos import DemoPrompt, demo_prompts, prompt_states
+from workbench.tasks.registry import TaskSpec, resolve_tasks
 from workbench.tasks.retrieval import QueryIndex
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ UNSEEN_POLICIES = ("own", "retrieve")
 class StaticTaskVector(Method):
     """Mean last-token states of k-shot prompts per task, injected at the last token (see the module docstring)."""
 
-    name = "static_tv"
+    name = "static-tv"
 
     def __init__(
         self,
@@ -68,17 +69,15 @@ class StaticTaskVector(Method):
             self.vectors[task.name] = prompt_states(lm, prompts, self.batch_size).mean(0)
         return self.vectors[task.name]
 
-    def fit(self, lm: LanguageModel, train_tasks: Sequence[Any]) -> StaticTaskVector:
+    def fit(self, lm: LanguageModel, train_tasks: TaskSpec) -> StaticTaskVector:
+        """Vectors of `train_tasks` (names, Tasks or a list of them); they become the in-domain tasks."""
+        tasks = resolve_tasks(train_tasks)
         resolve_layers(self.layers, lm.num_layers)
-        for task in train_tasks:
+        for task in tasks:
             self.task_vector(lm, task)
-        self.fitted = [t.name for t in train_tasks]
+        self.fitted = [t.name for t in tasks]
         self._index = None
         return self
-
-    def norms(self) -> dict[str, torch.Tensor]:
-        """Per-layer ℓ2 norm ``[L]`` of each task's vector."""
-        return mean_norms(self.vectors)
 
     def _retrieved(self, texts: Sequence[str]) -> tuple[str, float]:
         if not self.fitted:

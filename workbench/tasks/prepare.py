@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from workbench.core.files import atomic_write_bytes, repo_root
-from workbench.tasks.registry import REGISTRY, SPLITS, read_task_file, resolve_data_dir, validate_task_data
+from workbench.tasks.registry import (
+    REGISTRY,
+    SPLITS,
+    check_task_name,
+    read_task_file,
+    resolve_data_dir,
+    validate_task_data,
+)
 
 
 def default_target() -> Path:
@@ -34,9 +41,13 @@ def _source_dir(src: Path) -> Path:
     return src
 
 
+def _present(p: Path) -> bool:
+    return p.exists() or p.is_symlink()  # a folder / broken symlink is reported by read_task_file, naming it
+
+
 def _task_files(src: Path, tasks: Sequence[str] | None) -> list[Path]:
     if tasks:
-        missing = [t for t in tasks if not (src / f"{t}.json").is_file()]
+        missing = [t for t in tasks if not _present(src / f"{check_task_name(t)}.json")]
         if missing:
             raise FileNotFoundError(f"no task file for {missing} in {src}")
         return [src / f"{t}.json" for t in tasks]
@@ -78,7 +89,7 @@ def prepare_hub(dst: str | os.PathLike | None = None, tasks: Sequence[str] | Non
     from workbench.tasks import hub_builders
 
     target = Path(dst) if dst is not None else default_target()
-    names = list(tasks) if tasks else list(REGISTRY)
+    names = [check_task_name(t) for t in tasks] if tasks else list(REGISTRY)
     written = []
     for name in names:
         splits = hub_builders.load_hub_task(name, **({"loader": loader} if loader else {}))

@@ -8,6 +8,8 @@
   task uses, e.g. ``A``-``R`` for bbh_reasoning_about_colored_objects, ``A``-``J`` for mmlu_pro_math); the others
   with the words listed in ``data/SOURCES.md`` (True/False, Yes/No, positive/negative, True/Neither/False, ...).
   Free-form tasks (a few extra BBH subsets) have no label words (``labels == ()``).
+* Task names are plain file stems (:func:`check_task_name`); a ``<name>.json`` that is a folder, a broken symlink
+  or not UTF-8 raises :class:`TaskDataError` naming it.
 * Data folder: ``resolve_data_dir`` (argument, ``$ATV_DATA_DIR``, ``<repo>/data/tasks``, ``<repo>/../shared/data/tasks``).
 """
 
@@ -198,12 +200,51 @@ def validate_task_data(obj: object, source: str | os.PathLike) -> dict[str, list
     return out
 
 
+def check_task_name(name: object) -> str:
+    """`name` if it is a plain task name (a file stem such as ``glue_sst2``), else ValueError.
+
+    Task names become file names (``<data_dir>/<name>.json``, ``<run>/results/<name>.parquet``), so path separators,
+    ``.`` / ``..``, a leading dot, NUL and empty names are refused: a task from another folder is loaded with
+    ``data_dir``, not with a path.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"task name must be a string, got {type(name).__name__}")
+    bad = (not name or name in (".", "..") or name.startswith(".") or "\0" in name
+           or any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/")))
+    if bad:
+        raise ValueError(f"task name {name!r} is not a plain name: use a file stem of the data folder such as "
+                         "'glue_sst2' (no path separators, no '..', no leading '.'); to read tasks from another "
+                         "folder pass data_dir / --data-dir")
+    return name
+
+
+def _check_task_path(p: Path) -> None:
+    """FileNotFoundError if `p` is absent; TaskDataError if it is a folder, a broken symlink or not a regular file."""
+    if p.is_file():
+        return
+    if p.is_symlink():
+        raise TaskDataError(f"{p} is a broken symlink (to {os.readlink(p)!r}, which does not exist); "
+                            "a task file must be a readable JSON file")
+    if p.is_dir():
+        raise TaskDataError(f"{p} is a folder, not a task file; a task file is a JSON file <task>.json")
+    if p.exists():
+        raise TaskDataError(f"{p} is not a regular file; a task file is a JSON file <task>.json")
+    raise FileNotFoundError(f"task file {p} does not exist; {PREPARE_HINT}")
+
+
+def _exists(p: Path) -> bool:
+    return p.exists() or p.is_symlink()
+
+
 def read_task_file(path: str | os.PathLike) -> dict[str, list[Item]]:
     """Read and validate one task file (errors name the file)."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"task file {p} does not exist; {PREPARE_HINT}")
-    text = p.read_text(encoding="utf-8")
+    _check_task_path(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskDataError(f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                            "task files must be UTF-8 encoded JSON") from None
     if not text.strip():
         raise TaskDataError(f"{p}: file is empty")
     try:
@@ -227,9 +268,10 @@ def shipped_templates() -> dict[str, list[str]]:
 
 
 def extra_names(data_dir: str | os.PathLike | None = None) -> list[str]:
-    """Task files present in the data folder that are not among the paper's 25."""
+    """Task files present in the data folder that are not among the paper's 25 (hidden ``.*.json`` files excluded;
+    a ``<name>.json`` that is a folder or a broken symlink is listed, and :func:`load_task` reports it)."""
     d = resolve_data_dir(data_dir)
-    return sorted(p.stem for p in d.glob("*.json") if p.stem not in REGISTRY)
+    return sorted(p.stem for p in d.glob("*.json") if p.stem not in REGISTRY and not p.name.startswith("."))
 
 
 def task_names(which: str = "all", data_dir: str | os.PathLike | None = None) -> list[str]:
@@ -264,15 +306,15 @@ def _derive_labels(items: list[Item]) -> tuple[str, ...]:
 
 def load_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
     """Load, validate and describe one task (see the module docstring)."""
-    if not isinstance(name, str):
-        raise TypeError(f"task name must be a string, got {type(name).__name__}")
+    check_task_name(name)
     d = resolve_data_dir(data_dir)
     path = d / f"{name}.json"
-    if name not in REGISTRY and not path.is_file():
+    if name not in REGISTRY and not _exists(path):
         valid = list(REGISTRY) + [n for n in extra_names(d)]
         raise ValueError(f"unknown task {name!r}; valid names ({len(valid)}): {', '.join(valid)}")
-    if not path.is_file():
+    if not _exists(path):
         raise FileNotFoundError(f"task file {path} does not exist (data folder {d}); {PREPARE_HINT}")
+    _check_task_path(path)
     st = path.stat()
     splits = {k: list(v) for k, v in _read_cached(str(path), st.st_mtime_ns, st.st_size).items()}
     if name in REGISTRY:
@@ -299,34 +341,39 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
     )
 
 
-def load_tasks(which: str | list[str] = "all", data_dir: str | os.PathLike | None = None) -> list[Task]:
-    """Several tasks: a group name for `task_names` or an explicit list."""
-    names = task_names(which, data_dir) if isinstance(which, str) else list(which)
-    return [load_task(n, data_dir) for n in names]
-
-
 # ----------------------------------------------------------------------------------------------- checks
 def resolve_tasks(tasks: TaskSpec, data_dir: str | os.PathLike | None = None) -> list[Task]:
-    """Tasks from a group name ("in_domain", "unseen", "all", "extra"), a task name, a Task, or a list of those."""
-    if isinstance(tasks, str):
-        specs: list[Any] = task_names(tasks, data_dir) if tasks in GROUPS else [tasks]
-    elif isinstance(tasks, Task):
-        specs = [tasks]
-    elif isinstance(tasks, Sequence):
+    """The one normaliser of task arguments: a group name ("in_domain", "unseen", "all", "extra"), a task name, a
+    Task, or a list / tuple mixing those (a bare name or Task is a list of one).
+
+    Returns Task objects, each name once, in first-seen order (a Task object wins over a later name of the same
+    task). An element that is neither a name nor a Task is a ValueError naming its position; an unknown name is the
+    error of :func:`load_task`.
+    """
+    if isinstance(tasks, (str, Task)):
+        specs: list[Any] = [tasks]
+    elif isinstance(tasks, Sequence) and not isinstance(tasks, (bytes, bytearray)):
         specs = list(tasks)
     else:
-        msg = f"tasks must be a group name {GROUPS}, a task name, a Task or a list of them; got {tasks!r}"
+        msg = f"tasks must be a group name {GROUPS}, a task name, a Task or a list of them; got {tasks!r:.120}"
         raise ValueError(msg)  # noqa: TRY004 (the API promises ValueError)
     if not specs:
         raise ValueError("tasks is empty: give at least one task name or Task")
     out: dict[str, Task] = {}
-    for spec in specs:
+    for i, spec in enumerate(specs):
         if isinstance(spec, Task):
             out.setdefault(spec.name, spec)
-        elif isinstance(spec, str):
-            out.setdefault(spec, load_task(spec, data_dir))
+        elif isinstance(spec, str) and spec in GROUPS:
+            for name in task_names(spec, data_dir):
+                if name not in out:
+                    out[name] = load_task(name, data_dir)
+        elif isinstance(spec, str) and spec:
+            if spec not in out:
+                out[spec] = load_task(spec, data_dir)
         else:
-            raise ValueError(f"task {spec!r} is neither a task name nor a Task")  # noqa: TRY004
+            where = "" if len(specs) == 1 else f"element {i} of tasks, "
+            raise ValueError(f"{where}{spec!r:.80} ({type(spec).__name__}) is neither a task name nor a Task "
+                             f"(wb.load_task(name)); groups: {GROUPS}")  # noqa: TRY004
     return list(out.values())
 
 

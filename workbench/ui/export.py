@@ -1,4 +1,10 @@
-"""Figure and table export into a run folder: self-contained HTML (+ PNG when a browser exists), CSV tables.
+"""Figure and table export into a run folder: self-contained HTML (+ PNG when a browser exists), CSV tables; plotly.js
+added to a notebook's figures at export time (:func:`embed_plotly`).
+
+Notebook outputs carry plotly figures as the ``application/vnd.plotly.v1+json`` mimetype only (:func:`setup_notebook`):
+JupyterLab renders it natively (the ``jupyterlab-plotly`` extension that ships with plotly), so an executed notebook
+stays small (a few kB per figure instead of the 4.6 MB plotly.js bundle). HTML files (per figure, and the notebooks'
+HTML exports) embed plotly.js once, so they show their figures offline.
 
 PNG export (:func:`save_figure`) uses plotly + kaleido 1.x, which drives a Chrome/Chromium browser. kaleido finds one
 through choreographer: the ``BROWSER_PATH`` environment variable if set, else ``chromium``/``chromium-browser``/
@@ -77,11 +83,59 @@ def save_figure(
     return out
 
 
-def setup_notebook(renderer: str = "plotly_mimetype+notebook") -> None:
-    """Plotly renderer for the notebooks: interactive in JupyterLab and embedded (offline) in HTML exports."""
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def setup_notebook(renderer: str = "plotly_mimetype") -> None:
+    """Plotly renderer for the notebooks: the plotly mimetype only (JupyterLab renders it; no plotly.js in outputs).
+
+    Do not add ``+notebook`` here: that renderer puts the whole plotly.js bundle (~4.6 MB) into the first figure's
+    output, which bloats every saved notebook and, displayed into an ``ipywidgets.Output``, hangs papermill.
+    """
     import plotly.io as pio
 
     pio.renderers.default = renderer
+
+
+def figure_bundle(fig: Any) -> dict[str, Any]:
+    """The display bundle of a plotly figure as JupyterLab renders it (plotly mimetype + a text/plain title)."""
+    import plotly.io as pio
+
+    bundle = pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict())
+    title = fig.layout.title.text if fig.layout.title and fig.layout.title.text else "plotly figure"
+    return {**bundle, "text/plain": f"<Figure: {title}>"}
+
+
+def plotly_js_html() -> str:
+    """plotly.js as inline ``<script>`` tags that define ``window.Plotly`` even when require.js is on the page
+    (nbconvert's HTML template loads it, and plotly.js would then register as an AMD module instead)."""
+    from plotly.offline import get_plotlyjs
+
+    return ("<script>window.PlotlyConfig = {MathJaxConfig: 'local'}; "
+            "window.__atvDefine = window.define; window.define = undefined;</script>\n"
+            f"<script charset=\"utf-8\">{get_plotlyjs()}</script>\n"
+            "<script>window.define = window.__atvDefine;</script>\n")
+
+
+def embed_plotly(nb: Any) -> int:
+    """Give every plotly-mimetype output of the notebook node `nb` a ``text/html`` rendering (in place).
+
+    nbconvert's HTML export does not render the plotly mimetype; this adds the HTML (plotly.js inlined once, before
+    the first figure) so the exported page shows every figure offline. Outputs that already have HTML are left alone.
+    Returns the number of figures converted.
+    """
+    import plotly.io as pio
+
+    done = 0
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            data = out.get("data") or {}
+            if PLOTLY_MIME not in data or "text/html" in data:
+                continue
+            html = pio.to_html(dict(data[PLOTLY_MIME]), include_plotlyjs=False, full_html=False, validate=False)
+            data["text/html"] = (plotly_js_html() if done == 0 else "") + html
+            done += 1
+    return done
 
 
 def _check_name(name: str) -> str:

@@ -32,12 +32,47 @@ def training_curve(history: pd.DataFrame, title: str = "ATV training") -> go.Fig
     return fig
 
 
+#: how the category table's group averages are shown (the per-category names are shown as they are)
+CATEGORY_LABELS = {"in_domain": "in-domain avg.", "unseen": "unseen avg.", "extra": "extra avg.", "all": "all avg."}
+
+
+def method_label(name: str) -> str:
+    """Display label of a method column value: canonical names (``static-tv``) through the label map of
+    :mod:`workbench.methods.names`; labels and user-defined names as they are."""
+    from workbench.methods.names import METHODS, display_label
+
+    return display_label(name) if name in METHODS else str(name)
+
+
+def percent_range(values: pd.Series, errors: pd.Series | None = None) -> list[float]:
+    """A y range for accuracies in %: from 0 to a little above the highest bar/error (at least 0–10 %), never below 0
+    (an all-zero plot otherwise runs from −1 % to 1 %)."""
+    top = values.astype(float) + (errors.astype(float).fillna(0) if errors is not None else 0)
+    high = float(top.max()) if len(top) and pd.notna(top.max()) else 0.0
+    return [0.0, min(100.0, max(10.0, high * 1.1))] if high <= 100 else [0.0, high * 1.05]
+
+
 def accuracy_bars(table: pd.DataFrame, group: str = "category", title: str = "Accuracy by category") -> go.Figure:
-    """Grouped bars: one bar per method in each `group`; columns method, <group>, accuracy, optional sd."""
+    """Grouped bars: one bar per method in each `group`; columns method, <group>, accuracy, optional sd.
+
+    For the category table of :func:`workbench.eval.compare.category_table`: the ``in_domain`` / ``unseen`` averages
+    are labelled "in-domain avg." / "unseen avg."; the ``Unseen`` category is dropped when the ``unseen`` average is
+    there (it is the same set of tasks); error bars are drawn only where a standard deviation is positive (one seed
+    has none).
+    """
     _require(table, ["method", group, "accuracy"], "accuracy_bars")
-    fig = px.bar(table, x=group, y="accuracy", color="method", barmode="group",
-                 error_y="sd" if "sd" in table else None, title=title, template=TEMPLATE)
-    fig.update_layout(yaxis_title="accuracy (%)")
+    shown = table.copy()
+    if group == "category" and "unseen" in set(shown[group]):
+        shown = shown[shown[group] != "Unseen"]
+    shown[group] = shown[group].map(lambda c: CATEGORY_LABELS.get(c, c))
+    shown["method"] = shown["method"].map(method_label)
+    errors = None
+    if "sd" in shown and (shown["sd"].fillna(0) > 0).any():
+        errors = "sd"
+    fig = px.bar(shown, x=group, y="accuracy", color="method", barmode="group", error_y=errors, title=title,
+                 template=TEMPLATE, labels={group: group.replace("_", " ")})
+    fig.update_layout(yaxis_title="accuracy (%)",
+                      yaxis_range=percent_range(shown["accuracy"], shown["sd"] if errors else None))
     return fig
 
 
@@ -60,9 +95,29 @@ def vector_map_figure(points: pd.DataFrame, title: str = "Per-query ATV vectors 
     return fig
 
 
-def sweep_figure(results: pd.DataFrame, x: str = "scale", color: str = "layers", title: str = "Accuracy vs λ and depth") -> go.Figure:
-    """Accuracy against λ (log axis), one line per layer region (paper Table 3 as curves)."""
-    _require(results, [x, color, "accuracy"], "sweep_figure")
-    fig = px.line(results.sort_values(x), x=x, y="accuracy", color=color, markers=True, title=title, template=TEMPLATE)
-    fig.update_layout(xaxis_type="log", xaxis_title="λ (log scale)", yaxis_title="accuracy (%)")
+def sweep_figure(results: pd.DataFrame, x: str = "scale", color: str = "layers", title: str = "Accuracy vs λ and depth",
+                 symbol: str | None = None, reference: float | None = None,
+                 reference_label: str = "zero-shot") -> go.Figure:
+    """Accuracy against λ (log axis), one line per layer region (paper Table 3 as curves).
+
+    ``symbol`` (e.g. ``"positions"``) gives each of its values its own marker and dash, so points of two settings
+    that land on the same spot stay visible (an open diamond around a filled circle). ``reference`` draws a dashed
+    horizontal line (e.g. the zero-shot accuracy) inside the y range.
+    """
+    _require(results, [x, color, "accuracy"] + ([symbol] if symbol else []), "sweep_figure")
+    style: dict = {}
+    if symbol:
+        values = list(dict.fromkeys(results[symbol]))
+        style = dict(symbol=symbol, line_dash=symbol,
+                     symbol_sequence=["circle", "diamond-open", "square-open", "x"][: max(1, len(values))])
+    fig = px.line(results.sort_values(x), x=x, y="accuracy", color=color, markers=True, title=title, template=TEMPLATE,
+                  **style)
+    if symbol:
+        fig.for_each_trace(lambda t: t.update(marker_size=14, marker_line_width=2)
+                           if "open" in str(t.marker.symbol) else t.update(marker_size=8))
+    accuracies = results["accuracy"] if reference is None else pd.concat([results["accuracy"], pd.Series([reference])])
+    fig.update_layout(xaxis_type="log", xaxis_title="λ (log scale)", yaxis_title="accuracy (%)",
+                      yaxis_range=percent_range(accuracies))
+    if reference is not None:
+        fig.add_hline(y=reference, line_dash="dash", line_color="grey", annotation_text=reference_label)
     return fig

@@ -1,0 +1,128 @@
+"""Shared-prefix logits equal the uncached path; bodies are computed once, kept within budget, never crossed between
+scopes; the cache argument follows transformers' new name."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+
+from workbench.core.inference import cached_next_token_logits, next_token_logits, tokenize
+from workbench.core.interventions import ContextInjection, Injection, Replacement
+from workbench.core.kv_cache import BodyCache, cache_kwarg, shared_bodies
+from workbench.core.testing import tiny_model
+
+BODY = "Is the sentence positive or negative ? the cat is good"
+TEXTS = [f"{BODY}\nA:", f"{BODY}\nAnswer:", f"{BODY}\nThe answer is", "Question : a b c\nA:",
+         "Question : a b c d e f\nAnswer:", "Q", "Question : a b c\nThe answer is"]
+ARCHS = ["llama", "gpt2", "qwen2", "gpt_neox", "gemma2", "phi3"]
+
+
+def interventions(lm, n):
+    torch.manual_seed(0)
+    L, d = lm.num_layers, lm.hidden_size
+    return {
+        "none": None,
+        "shared": Injection(torch.randn(L, d), scale=0.5, layers="all"),
+        "per-prompt": Injection(torch.randn(n, L, d), scale=0.5, layers="middle"),
+        "replace": Replacement(torch.randn(L, d), layers=[1, 2]),
+    }
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cached_equals_uncached(arch):
+    lm = tiny_model(arch, texts=TEXTS)
+    cache = BodyCache(16)
+    for name, inj in interventions(lm, len(TEXTS)).items():
+        plain = next_token_logits(lm, TEXTS, inj, batch_size=4)
+        for batch_size in (3, 8):
+            cached = cached_next_token_logits(lm, TEXTS, inj, cache=cache, batch_size=batch_size)
+            assert torch.allclose(cached, plain, atol=1e-5, rtol=0), (arch, name, (cached - plain).abs().max())
+            assert torch.equal(cached.argmax(-1), plain.argmax(-1))
+    assert cache.hits > 0 and cache.stats()["tail_tokens_run"] < sum(len(s) for s in tokenize(lm, TEXTS)) * 8
+
+
+def test_bodies_are_computed_once_and_scopes_never_mix():
+    lm = tiny_model("llama", texts=TEXTS)
+    cache = BodyCache(16)
+    cached_next_token_logits(lm, TEXTS, cache=cache)
+    first = cache.stats()
+    cached_next_token_logits(lm, TEXTS, cache=cache)
+    assert cache.misses == first["misses"] and cache.hits > first["hits"]  # nothing recomputed
+    cached_next_token_logits(lm, TEXTS, cache=cache, scope="lora")
+    assert cache.misses == 2 * first["misses"]  # another scope never reuses a body
+
+
+def test_zero_budget_keeps_nothing_and_still_agrees():
+    lm = tiny_model("gpt2", texts=TEXTS)
+    cache = BodyCache(0)
+    out = cached_next_token_logits(lm, TEXTS, cache=cache)
+    assert cache.stats()["kept"] == 0 and cache.used == 0
+    assert torch.allclose(out, next_token_logits(lm, TEXTS), atol=1e-5, rtol=0)
+
+
+def test_interventions_on_earlier_positions_are_refused():
+    lm = tiny_model("llama", texts=TEXTS)
+    L, d = lm.num_layers, lm.hidden_size
+    for inj in (Injection(torch.randn(L, d), positions="all"),
+                ContextInjection(torch.randn(L, 2, d), torch.zeros(L, 2, 2), positions="all")):
+        with pytest.raises(ValueError, match="only the last prompt token"):
+            cached_next_token_logits(lm, TEXTS, inj)
+
+
+def test_shared_bodies_is_the_longest_prefix_shared_with_another_prompt():
+    seqs = [[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 7], [9], [1, 2, 3, 4]]
+    want = []
+    for i, s in enumerate(seqs):
+        best = max(len(list(itertools.takewhile(lambda p: p[0] == p[1], zip(s, t))))
+                   for j, t in enumerate(seqs) if j != i)
+        want.append(max(0, min(best, len(s) - 1)))
+    assert shared_bodies(seqs) == want == [3, 3, 2, 0, 3]
+
+
+def test_cache_argument_name():
+    lm = tiny_model("llama")
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None):
+            return input_ids
+
+    assert cache_kwarg(Old()) == "past_key_values"
+    import inspect
+
+    expected = "cache" if "cache" in inspect.signature(type(lm.hf).forward).parameters else "past_key_values"
+    assert cache_kwarg(lm.hf) == expected
+
+
+def test_no_deprecated_cache_argument_is_passed():
+    """transformers 5.x warns that `past_key_values` goes away in 5.40: the cached path must not use it."""
+    lm = tiny_model("llama", texts=TEXTS)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        cached_next_token_logits(lm, TEXTS, cache=BodyCache(4))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="budget_mb"):
+        BodyCache(-1)
+    with pytest.raises(ValueError, match="batch_tokens"):
+        BodyCache(1, batch_tokens=0)
+    lm = tiny_model("llama", texts=TEXTS)
+    with pytest.raises(ValueError, match="prompts"):
+        cached_next_token_logits(lm, [])
+
+
+@pytest.mark.embedded
+def test_cached_equals_uncached_on_the_embedded_model():
+    import workbench as wb
+    from workbench.tasks.prompts import build_text, variants
+
+    lm = wb.load_model("smollm2-135m")
+    task = wb.load_task("glue_sst2")
+    texts = [lm.render(build_text(task.templates[t], it.input, p)) for it in task.test[:2] for t, p in variants()]
+    inj = Injection(torch.randn(len(texts), lm.num_layers, lm.hidden_size), scale=0.05)
+    plain = next_token_logits(lm, texts, inj, batch_size=6)
+    cached = cached_next_token_logits(lm, texts, inj, cache=BodyCache(256), batch_size=6)
+    assert (cached - plain).abs().max() < 1e-4 and torch.equal(cached.argmax(-1), plain.argmax(-1))

@@ -1,0 +1,212 @@
+"""Key/value caches of prompt bodies: compute each shared token prefix once, run only the tail tokens.
+
+Module contents:
+
+- :func:`cache_kwarg` / :func:`output_cache`: the name transformers gives the cache argument and output
+  (``cache`` from 5.2x on, ``past_key_values`` before; the old name goes away in 5.40).
+- :func:`prefix_kvs`: keys/values of token sequences, one right-padded forward pass without autograd (optionally
+  after a head they all share, computed before).
+- :func:`collate`: per-sequence caches -> one left-padded ``DynamicCache`` and its mask.
+- :func:`shared_bodies`: per prompt, the longest token prefix it shares with another prompt of the same call.
+- :class:`BodyCache`: body caches by token prefix within a memory budget, shareable across methods.
+
+:func:`workbench.core.inference.cached_next_token_logits` uses them: next-token logits equal to
+``next_token_logits`` for interventions that edit only the last prompt token, computing each body once.
+
+Why it is exact: a real token attends only to earlier tokens, so the keys and values of a body do not depend on what
+follows it; an intervention at the last prompt token changes nothing before it. Tails are left padded after their
+(left-padded) bodies, with position ids counting real tokens only, so the last column is every row's last prompt
+token, as on the uncached path.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import DynamicCache
+
+if TYPE_CHECKING:
+    from workbench.core.models import LanguageModel
+
+KV = torch.Tensor  # one sequence's cache: [layers, 2 (keys, values), kv heads, tokens, head_dim]
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_cache(forward: Any) -> bool:
+    return "cache" in inspect.signature(forward).parameters
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """``"cache"`` where the model's forward takes it (transformers >= 5.2x), else ``"past_key_values"``."""
+    return "cache" if _forward_takes_cache(type(model).forward) else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The cache of a model output, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+@torch.no_grad()
+def prefix_kvs(lm: LanguageModel, seqs: Sequence[Sequence[int]], head: tuple[int, KV] | None = None) -> list[KV]:
+    """Keys/values of each of `seqs` at every layer: one right-padded forward pass without autograd (a real token
+    attends only to earlier tokens, so the padding after it changes nothing). `head` = (n, kv of the first n
+    tokens, which every sequence shares), computed before: only the tokens after it are run."""
+    n, head_kv = head if head is not None and head[0] > 0 else (0, None)
+    out: list[KV | None] = [torch.empty(0) if not s else head_kv if len(s) == n else None for s in seqs]
+    rows = [i for i, kv in enumerate(out) if kv is None]
+    if not rows:
+        return out
+    B, T = len(rows), max(len(seqs[i]) for i in rows)
+    ids = torch.full((B, T - n), lm.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    mask[:, :n] = 1
+    for r, i in enumerate(rows):
+        ids[r, : len(seqs[i]) - n] = torch.tensor(list(seqs[i][n:]))
+        mask[r, n: len(seqs[i])] = 1
+    extra = {}
+    if head_kv is not None:
+        extra[cache_kwarg(lm.hf.base_model)] = DynamicCache(
+            [(kv[0][None].expand(B, -1, -1, -1), kv[1][None].expand(B, -1, -1, -1)) for kv in head_kv],
+            config=lm.hf.config)
+    # the decoder without its LM head: only keys/values are wanted
+    res = lm.hf.base_model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=True,
+                           position_ids=torch.arange(n, T, device=lm.device).repeat(B, 1), **extra)
+    layers = output_cache(res).layers
+    if len({(layer.keys.shape, layer.values.shape) for layer in layers}) > 1:
+        raise ValueError(f"{lm.name}: its layers cache keys/values of different shapes (e.g. sliding-window layers), "
+                         "which prefix caching does not support (training: TrainConfig(fast_path=False); "
+                         "evaluation: cache=False)")
+    full = torch.stack([torch.stack([layer.keys, layer.values]) for layer in layers])  # [L, 2, B, h, T, hd]
+    for r, i in enumerate(rows):
+        out[i] = full[:, :, r, :, : len(seqs[i])].clone()
+    return out
+
+
+def collate(lm: LanguageModel, kvs: Sequence[KV | None], workspace: Callable[..., torch.Tensor] | None = None,
+            ) -> tuple[DynamicCache | None, torch.Tensor]:
+    """One left-padded cache ``[B, heads, T, head_dim]`` per layer from per-sequence caches (None or empty: no
+    tokens), and its mask ``[B, T]``; no cache when every entry is empty.
+
+    `workspace(shape, like)` may hand out a reusable buffer (training reuses one per step: a fresh buffer costs more
+    in page faults than the copy). That is safe because the cache's first update replaces each layer's tensors by
+    ``torch.cat(old, new)``, which autograd does not keep."""
+    lengths = [0 if kv is None or not kv.numel() else kv.shape[3] for kv in kvs]
+    T = max(lengths)
+    mask = torch.zeros((len(kvs), T), dtype=torch.long)
+    if T == 0:
+        return None, mask
+    ref = next(kv for kv, n in zip(kvs, lengths) if n)
+    L, _, heads, _, dim = ref.shape
+    shape = (L, 2, len(kvs), heads, T, dim)  # one copy per sequence, then a view per layer
+    buf = ref.new_empty(shape) if workspace is None else workspace(shape, ref)
+    for i, (kv, n) in enumerate(zip(kvs, lengths)):
+        buf[:, :, i, :, : T - n] = 0  # masked, but must be finite (0 * inf would leak NaN through attention)
+        if n:
+            buf[:, :, i, :, T - n:] = kv
+            mask[i, T - n:] = 1
+    return DynamicCache([(buf[layer, 0], buf[layer, 1]) for layer in range(L)], config=lm.hf.config), mask
+
+
+def shared_bodies(seqs: Sequence[Sequence[int]], min_tail: int = 1) -> list[int]:
+    """Per sequence, the length of the longest prefix it shares with another sequence of `seqs`, leaving at least
+    `min_tail` tokens (0 when it shares nothing). The 3 answer prefixes of one (item, template) share the prompt body."""
+    order = sorted(range(len(seqs)), key=lambda i: tuple(seqs[i]))
+    common = [0] * len(seqs)
+    for a, b in zip(order, order[1:]):
+        x, y = seqs[a], seqs[b]
+        n = next((j for j in range(min(len(x), len(y))) if x[j] != y[j]), min(len(x), len(y)))
+        common[a], common[b] = max(common[a], n), max(common[b], n)
+    return [max(0, min(c, len(s) - min_tail)) for c, s in zip(common, seqs)]
+
+
+def check_budget(budget_mb: float, batch_tokens: int, name: str = "budget_mb") -> tuple[int, int]:
+    """(budget in bytes, batch_tokens) after checking both; ValueError naming the bad value otherwise."""
+    if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or not budget_mb >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {budget_mb!r}")
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
+    return int(budget_mb * 2**20), batch_tokens
+
+
+class BodyCache:
+    """Body caches keyed by (scope, token prefix), kept within `budget_mb` megabytes (0: nothing kept).
+
+    `scope` separates models whose weights differ (e.g. a LoRA adapter attached): bodies computed under one scope
+    are never used under another. Each kept body remembers who computed it (`owner`) and how long it took, so a
+    caller that reads a body another owner computed can count that time as its own (``borrowed_seconds``): the
+    latency of a method then does not depend on which method ran first. Counts what it saves: ``stats()``."""
+
+    def __init__(self, budget_mb: float = 1024.0, batch_tokens: int = 4096):
+        self.budget, self.batch_tokens = check_budget(budget_mb, batch_tokens)
+        self.used = 0
+        self.hits = self.misses = self.body_tokens = self.tail_tokens = 0
+        self.borrowed_seconds = 0.0
+        self._data: dict[tuple[Hashable, tuple[int, ...]], tuple[KV, float, Hashable]] = {}
+        self._heads: dict[tuple[Hashable, tuple[int, ...]], KV] = {}
+
+    def bodies(self, lm: LanguageModel, bodies: Sequence[tuple[int, ...]], scope: Hashable = None,
+               owner: Hashable = None) -> list[KV | None]:
+        """The caches of `bodies` (distinct or not): kept ones, the others computed in length-sorted batches of at
+        most `batch_tokens` tokens and kept while they fit; None for an empty body."""
+        out: dict[tuple[int, ...], KV] = {}
+        todo = []
+        for body in dict.fromkeys(b for b in bodies if b):
+            kept = self._data.get((scope, body))
+            if kept is None:
+                todo.append(body)
+                continue
+            out[body] = kept[0]
+            if kept[2] != owner:
+                self.borrowed_seconds += kept[1]
+        self.hits += len(out)
+        self.misses += len(todo)
+        todo.sort(key=len)
+        start = 0
+        while start < len(todo):
+            end = start + 1
+            while end < len(todo) and len(todo[end]) * (end + 1 - start) <= self.batch_tokens:
+                end += 1
+            chunk = todo[start:end]
+            began = time.perf_counter()
+            kvs = prefix_kvs(lm, chunk, self._head(lm, chunk, scope))
+            seconds = (time.perf_counter() - began) / sum(len(b) for b in chunk)  # per token of the batch
+            for body, kv in zip(chunk, kvs):
+                out[body] = kv
+                self.body_tokens += len(body)
+                if self.used + kv.nbytes <= self.budget:
+                    self._data[(scope, body)] = (kv, seconds * len(body), owner)
+                    self.used += kv.nbytes
+            start = end
+        return [out[b] if b else None for b in bodies]
+
+    def _head(self, lm: LanguageModel, chunk: Sequence[tuple[int, ...]], scope: Hashable) -> tuple[int, KV] | None:
+        """The token prefix every body of `chunk` shares (e.g. the chat header and the template's instruction), run
+        once and kept for the chunks after it; None when they share fewer than 4 tokens."""
+        n = min(len(b) for b in chunk)
+        first = chunk[0]
+        for b in chunk[1:]:
+            n = next((j for j in range(n) if b[j] != first[j]), n)
+        n = min(n, min(len(b) for b in chunk) - 1)  # every body keeps at least one token of its own
+        if n < 4 or len(chunk) < 2:
+            return None
+        key = (scope, first[:n])
+        if key not in self._heads:
+            self._heads = {key: prefix_kvs(lm, [first[:n]])[0]}  # the last head only: chunks come in order
+        return n, self._heads[key]
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._heads.clear()
+        self.used = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"kept": len(self._data), "used_mb": round(self.used / 2**20, 1), "budget_mb": self.budget / 2**20,
+                "hits": self.hits, "misses": self.misses, "body_tokens_run": self.body_tokens,
+                "tail_tokens_run": self.tail_tokens, "borrowed_seconds": round(self.borrowed_seconds, 3)}
+
