@@ -66,7 +66,8 @@ def main() -> int:
     print(f"preset {preset.name}: {lm.name} + {generator.encoder.name} (pooling {generator.encoder.pooling}, "
           f"input_norm {generator.input_norm}) on {TASK}; epochs {config.epochs}, n_train {config.n_train}, "
           f"batch {config.batch_size}, lr {config.lr}, λ {config.scale}, layers {config.layers}, encoder "
-          f"{config.encoder_train_mode}, generator {config.generator_precision}; torch threads {args.threads}", flush=True)
+          f"{config.encoder_train_mode}, generator {config.generator_precision}; torch threads {args.threads}",
+          flush=True)
 
     start = time.perf_counter()
     history = wb.train_atv(lm, generator, tasks, config, progress=False)
@@ -100,7 +101,8 @@ def main() -> int:
           f"+ query-specific {parts['query_specific']:.3g} (query share {100 * parts['query_share']:.2f} %)")
     print(f"between-query spread / mean norm, mean over layers: {spread.spread_ratio.mean():.4f}")
     edited = ratios[ratios.edit_ratio > 0]
-    print(f"edit ‖λv_l‖/‖h_l‖ at the edited token: mean {edited.edit_ratio.mean():.4f} (max {edited.edit_ratio.max():.4f}); "
+    print(f"edit ‖λv_l‖/‖h_l‖ at the edited token: mean {edited.edit_ratio.mean():.4f} "
+          f"(max {edited.edit_ratio.max():.4f}); "
           f"query-specific part {edited.query_ratio.mean():.2e}; cumulative at the last layer "
           f"{ratios.cumulative_ratio.iloc[-1]:.4f}")
 

@@ -63,7 +63,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-    print(f"model={lm.name} batch={args.batch} tokens={T} threads={args.threads} repeats={args.repeats} torch={torch.__version__}")
+    print(f"model={lm.name} batch={args.batch} tokens={T} threads={args.threads} repeats={args.repeats} "
+          f"torch={torch.__version__}")
     for name, ts in times.items():
         print(f"{name:8s} median {statistics.median(ts) * 1e3:8.1f} ms   (min {min(ts) * 1e3:.1f} ms)")
     ratio = statistics.median(times["nnsight"]) / statistics.median(times["hooks"])

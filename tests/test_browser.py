@@ -53,10 +53,11 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
                 return value
         except AssertionError:
             raise
-        except Exception as err:  # noqa: BLE001 - e.g. an element re-rendered while read; try again
+        except Exception as err:  # e.g. an element re-rendered while read; try again
             last_error = err
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
+    detail = f" (last error: {last_error!r})" if last_error else ""
+    pytest.fail(f"timed out after {timeout} s waiting for {what}" + detail)
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +110,12 @@ def lab(tmp_path_factory, tiny_run):
            "JUPYTER_DATA_DIR": str(home / "data"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "ATV_PNG": "0", "JUPYTER_PLATFORM_DIRS": "1"}
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0",
-           "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True", f"--IdentityProvider.token={token}",
+           "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+           f"--IdentityProvider.token={token}",
            f"--LabApp.app_settings_dir={REPO / 'jupyter' / 'lab' / 'settings'}",
            f"--LabApp.user_settings_dir={home / 'user-settings'}", f"--LabApp.workspaces_dir={home / 'workspaces'}",
            *(["--allow-root"] if os.getuid() == 0 else [])]
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed in the teardown
+    log = open(home / "server.log", "w")  # closed in the teardown
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=root)
 
     def server_info():
@@ -132,7 +134,7 @@ def lab(tmp_path_factory, tiny_run):
             req = urllib.request.Request(f"{base}/api/shutdown?token={token}", method="POST")  # also stops kernels
             urllib.request.urlopen(req, timeout=30)
             proc.wait(timeout=60)
-        except Exception:  # noqa: BLE001 - fall back to killing the server's process group
+        except Exception:  # fall back to killing the server's process group
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
@@ -186,7 +188,8 @@ const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.
 return !!k && k.connectionStatus === 'connected' && k.status === 'idle' && !w.sessionContext.pendingInput;
 """
 
-CURRENT = "const root = window.jupyterapp.shell.currentWidget.node;"  # the notebook in front (other tabs stay in the DOM)
+# the notebook in front (other tabs stay in the DOM)
+CURRENT = "const root = window.jupyterapp.shell.currentWidget.node;"
 
 ALL_DONE = CURRENT + """
 const cells = [...root.querySelectorAll('.jp-Notebook .jp-CodeCell')];
@@ -194,7 +197,8 @@ const errors = [...root.querySelectorAll('.jp-OutputArea-output')]
   .filter(o => /Traceback|Error:/.test(o.textContent) && o.closest('.jp-OutputArea-child'))
   .map(o => o.textContent.slice(0, 2000));
 if (errors.length) return {errors};
-const done = cells.length > 0 && cells.every(c => /\\[\\d+\\]/.test((c.querySelector('.jp-InputPrompt') || {}).textContent || ''));
+const prompt = c => (c.querySelector('.jp-InputPrompt') || {}).textContent || '';
+const done = cells.length > 0 && cells.every(c => /\\[\\d+\\]/.test(prompt(c)));
 const busy = root.querySelector('.jp-Notebook-ExecutionIndicator[data-status="busy"]');
 return done && !busy ? {done: cells.length} : null;
 """
@@ -254,7 +258,8 @@ def test_notebook_03_panel_responds_to_the_keyboard(driver, lab):
     changed = wait_for(lambda: (panel_plot_data(driver) or before) != before and panel_plot_data(driver), 120,
                        "the panel's plot to change")
     assert len(json.loads(changed)) >= 1
-    driver.execute_script("const s = [...document.querySelectorAll('.widget-vbox')].find(e => e.querySelector('.noUi-handle'));"
+    driver.execute_script("const s = [...document.querySelectorAll('.widget-vbox')]"
+                          ".find(e => e.querySelector('.noUi-handle'));"
                           "if (s) s.scrollIntoView({block: 'start'});")
     screenshot(driver, lab, "notebook03-panel")
     errors = console_errors(driver)
@@ -264,8 +269,10 @@ def test_notebook_03_panel_responds_to_the_keyboard(driver, lab):
 def test_notebook_04_figures_render(driver, lab):
     open_and_run_all(driver, lab, "04_vector_geometry.ipynb")
     rendered = wait_for(lambda: driver.execute_script(
-        CURRENT + "const ps = [...root.querySelectorAll('.jp-OutputArea-output.js-plotly-plot, .jp-OutputArea-output .js-plotly-plot')];"
-        "return ps.length >= 3 && ps.every(p => p.querySelector('.main-svg') && p.querySelector('.scatterlayer .trace'))"
+        CURRENT + "const ps = [...root.querySelectorAll("
+        "'.jp-OutputArea-output.js-plotly-plot, .jp-OutputArea-output .js-plotly-plot')];"
+        "return ps.length >= 3 && ps.every(p => p.querySelector('.main-svg') "
+        "&& p.querySelector('.scatterlayer .trace'))"
         " ? ps.length : 0;"), 180, "notebook 04's three figures to render")
     assert rendered >= 3
     screenshot(driver, lab, "notebook04-figures")

@@ -46,7 +46,8 @@ def test_eval_device_without_cuda(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli.main(["eval", "--device", "cuda", "--tasks", "glue_sst2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --device 'cuda':") and "sees no cuda device" in err and err.endswith("available here: cpu")
+    assert err.startswith("error: --device 'cuda':") and "sees no cuda device" in err
+    assert err.endswith("available here: cpu")
 
 
 def test_data_bad_task_file_exits_2(tmp_path, capsys):

@@ -41,7 +41,8 @@ def test_prepare_rejects_bad_file_and_writes_nothing(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     (src / "glue_mnli.json").write_bytes((resolve_data_dir() / "glue_mnli.json").read_bytes())
-    bad = {"train": [{"input": "x", "output": "True"}], "valid": [{"input": "x"}], "test": [{"input": "x", "output": "True"}]}
+    bad = {"train": [{"input": "x", "output": "True"}], "valid": [{"input": "x"}],
+           "test": [{"input": "x", "output": "True"}]}
     (src / "glue_qnli.json").write_text(json.dumps(bad))
     dst = tmp_path / "dst"
     assert cli.main(["data", "prepare", "--from", str(src), "--to", str(dst)]) == 2

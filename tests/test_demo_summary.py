@@ -16,7 +16,8 @@ def tidy() -> pd.DataFrame:
 
 def test_summary_shows_label_accuracy_next_to_the_primary_score(tmp_path, capsys):
     wide = summary_frame(tidy())
-    assert list(wide.columns) == [("NLU", "primary"), ("NLU", "label"), ("in_domain", "primary"), ("in_domain", "label")]
+    assert list(wide.columns) == [("NLU", "primary"), ("NLU", "label"),
+                                  ("in_domain", "primary"), ("in_domain", "label")]
     assert list(wide.index) == ["Zero-shot", "ATV"]
     assert wide.loc["ATV", ("NLU", "label")] == 68.5 and wide.loc["Zero-shot", ("NLU", "primary")] == 3.7
     tidy().to_csv(tmp_path / "summary_categories.csv", index=False)
@@ -28,3 +29,11 @@ def test_summary_shows_label_accuracy_next_to_the_primary_score(tmp_path, capsys
 def test_summary_of_an_older_table_without_label_accuracy():
     wide = summary_frame(tidy().drop(columns="label_accuracy"))
     assert list(wide.columns) == [("NLU", "primary"), ("in_domain", "primary")]
+
+
+def test_summary_shows_interval_half_widths_when_the_table_has_them():
+    table = tidy().assign(ci_low=lambda d: d["accuracy"] - 2.0, ci_high=lambda d: d["accuracy"] + 2.0,
+                          label_ci_low=lambda d: d["label_accuracy"] - 5.0,
+                          label_ci_high=lambda d: d["label_accuracy"] + 5.0)
+    wide = summary_frame(table)
+    assert wide.loc["ATV", ("NLU", "primary")] == "53.0 ±2.0" and wide.loc["ATV", ("NLU", "label")] == "68.5 ±5.0"

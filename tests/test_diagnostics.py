@@ -94,8 +94,9 @@ def test_probe_accuracy_separates_separable_states_and_not_noise():
 
 def rows(correct: np.ndarray, item_ids: list[int]) -> pd.DataFrame:
     """One row per (item, variant): `correct` is [items, variants]."""
-    recs = [{"task": "t", "item": it, "seed": 42, "template": v % 3, "prefix": ["A:", "Answer:", "The answer is"][v // 3],
-             "label_correct": bool(correct[i, v])} for i, it in enumerate(item_ids) for v in range(correct.shape[1])]
+    recs = [{"task": "t", "item": it, "seed": 42, "template": v % 3,
+             "prefix": ["A:", "Answer:", "The answer is"][v // 3], "label_correct": bool(correct[i, v])}
+            for i, it in enumerate(item_ids) for v in range(correct.shape[1])]
     return pd.DataFrame(recs)
 
 

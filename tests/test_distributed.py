@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-CONFIG = {"epochs": 2, "n_train": 8, "batch_size": 4, "scale": 1.0, "lr": 1e-2, "valid_items": 2, "encoder_train_mode": "eval"}
+CONFIG = {"epochs": 2, "n_train": 8, "batch_size": 4, "scale": 1.0, "lr": 1e-2, "valid_items": 2,
+          "encoder_train_mode": "eval"}
 
 
 def run(out: Path | None = None):
@@ -40,7 +41,8 @@ def run(out: Path | None = None):
     if out is not None and int(os.environ.get("RANK", "0")) == 0:
         from accelerate import PartialState
 
-        torch.save({"vectors": vectors, "train_loss": df.train_loss.tolist(), "processes": PartialState().num_processes}, out)
+        torch.save({"vectors": vectors, "train_loss": df.train_loss.tolist(),
+                    "processes": PartialState().num_processes}, out)
     return vectors, df.train_loss.tolist()
 
 

@@ -48,7 +48,8 @@ def test_retrieval_injects_mean_of_top_k_at_majority_layer(fitted, monkeypatch):
     assert v.abs().sum() == v[layer].abs().sum()  # nothing at other layers
     assert batch.info[0]["similarity"] == pytest.approx(float(scores[0, 0]))
     assert batch.info[0]["retrieved_task"] in {"toy_sentiment", "toy_yesno"}
-    assert not torch.allclose(next_token_logits(lm, batch.prompts, batch.intervention), next_token_logits(lm, batch.prompts))
+    assert not torch.allclose(next_token_logits(lm, batch.prompts, batch.intervention),
+                              next_token_logits(lm, batch.prompts))
 
 
 def test_falls_back_below_threshold(fitted, monkeypatch):

@@ -9,7 +9,8 @@ from reference_hooks import hook_logits
 import workbench as wb
 
 pytestmark = pytest.mark.embedded
-PROMPTS = ["What is the capital of France?\nA:", "The movie was wonderful. Is this sentence positive or negative?\nAnswer:"]
+PROMPTS = ["What is the capital of France?\nA:",
+           "The movie was wonderful. Is this sentence positive or negative?\nAnswer:"]
 
 
 def test_smollm_loads_from_wheel(smollm):

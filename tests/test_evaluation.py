@@ -214,7 +214,8 @@ def test_peak_memory_sees_an_allocation():
         block = _touch_fresh_pages(64 << 20)  # still mapped when the block ends: both measurements must see it
     block.close()
     assert mem.result["memory_kind"] in ("cpu_peak_rss", "cpu_peak_rss_sampled")
-    assert mem.result["increase_bytes"] >= 48 << 20 and mem.result["peak_bytes"] >= mem.result["start_bytes"] + (48 << 20)
+    assert mem.result["increase_bytes"] >= 48 << 20
+    assert mem.result["peak_bytes"] >= mem.result["start_bytes"] + (48 << 20)
 
 
 def test_peak_memory_sees_a_freed_spike_and_nests():
@@ -307,3 +308,14 @@ def test_evaluate_task_steps_compose_to_the_rows(lm, tasks):
                                    answers))
     cols = [c for c in df.columns if c != "latency"]
     pd.testing.assert_frame_equal(rows[cols], df[cols], check_dtype=False)
+
+
+def test_efficiency_table_uses_the_primary_score_and_splits_format(lm, tasks):
+    """Table 5's accuracy is the primary score, like every other table, and splits into format x accuracy-in-format."""
+    df = evaluate(lm, ZeroShot(), tasks, n_test=3, templates=[0], prefixes=["A:"], progress=False)
+    df = df.assign(primary_correct=True, correct=False)  # a table on `correct` would show 0
+    table = efficiency_table({"zero-shot": df})
+    assert table.attrs["score"] == "primary" and table.loc["zero-shot", "ID Acc."] == 100.0
+    assert efficiency_table({"zero-shot": df}, loose=False).loc["zero-shot", "ID Acc."] == 0.0
+    fmt, in_fmt = table.loc["zero-shot", ["ID format (%)", "ID acc. in format (%)"]]
+    assert 0 <= fmt <= 100 and (in_fmt == 100.0 or fmt == 0)

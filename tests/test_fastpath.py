@@ -117,7 +117,8 @@ def test_batched_prefixes_equal_one_by_one(llama_lm):
 
     tok = llama_lm.tokenizer
     head = tok("the movie was")["input_ids"]
-    seqs = [head + tok(t, add_special_tokens=False)["input_ids"] for t in ("great", "a sad and slow film", "hello world is")]
+    seqs = [head + tok(t, add_special_tokens=False)["input_ids"]
+            for t in ("great", "a sad and slow film", "hello world is")]
     alone = [prefix_kvs(llama_lm, [s])[0] for s in seqs]
     head_kv = prefix_kvs(llama_lm, [head])[0]
     for batch in (prefix_kvs(llama_lm, seqs), prefix_kvs(llama_lm, seqs, (len(head), head_kv))):

@@ -49,11 +49,15 @@ def test_light_variant_is_smaller_and_trains_adapters(llama_lm):
 @pytest.mark.parametrize("variant", ["full", "light"])
 def test_save_load_round_trip(llama_lm, tmp_path, variant):
     lm = llama_lm
-    gen = make(lm) if variant == "full" else ATVGenerator.light(load_encoder("scratch:1x32", tokenizer=lm.tokenizer), lm, bottleneck=4)
+    if variant == "full":
+        gen = make(lm)
+    else:
+        gen = ATVGenerator.light(load_encoder("scratch:1x32", tokenizer=lm.tokenizer), lm, bottleneck=4)
     with torch.no_grad():
         for p in gen.parameters():
             p.add_(0.01 * torch.randn_like(p))  # as if trained (LoRA B starts at zero)
-    gen.meta = {"scale": 0.5, "layers": "all", "positions": "last", "generator_input": "prompt", "train_config": {"lr": 1}}
+    gen.meta = {"scale": 0.5, "layers": "all", "positions": "last", "generator_input": "prompt",
+                "train_config": {"lr": 1}}
     gen.save(tmp_path / "g")
     gen.save(tmp_path / "g")  # overwriting is fine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]  # no temp folders left
@@ -138,7 +142,8 @@ def test_save_never_replaces_what_it_did_not_write(llama_lm, tmp_path):
 
 def test_load_restores_the_training_tasks(llama_lm, tmp_path):
     gen = make(llama_lm)
-    gen.meta = {"scale": 0.5, "tasks": ["glue_sst2", "crows_pairs"], "train_config": {"tasks": ["glue_sst2", "crows_pairs"]}}
+    gen.meta = {"scale": 0.5, "tasks": ["glue_sst2", "crows_pairs"],
+                "train_config": {"tasks": ["glue_sst2", "crows_pairs"]}}
     gen.save(tmp_path / "g")
     assert ATVGenerator.read_meta(tmp_path / "g")["tasks"] == ["glue_sst2", "crows_pairs"]
     assert ATVGenerator.load(tmp_path / "g", llama_lm).meta["tasks"] == ["glue_sst2", "crows_pairs"]

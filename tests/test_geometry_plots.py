@@ -26,7 +26,8 @@ def test_vector_map_separates_tasks(method):
     b = -a.mean(0, keepdim=True) + torch.randn(12, 3, 8) * 0.1
     vectors = torch.cat([a, b])
     tasks = ["a"] * 12 + ["b"] * 12
-    df = geometry.vector_map(vectors, tasks, [f"q{i}" for i in range(24)], static={"a": a.mean(0), "b": b.mean(0)}, method=method)
+    df = geometry.vector_map(vectors, tasks, [f"q{i}" for i in range(24)], static={"a": a.mean(0), "b": b.mean(0)},
+                             method=method)
     assert len(df) == 26 and set(df.kind) == {"adaptive", "static"}
     centers = df[df.kind == "adaptive"].groupby("task")[["x", "y"]].mean()
     spread = df[df.kind == "adaptive"].groupby("task")[["x", "y"]].std().to_numpy().max()
@@ -43,11 +44,13 @@ def test_vector_map_bad_input():
 def test_figures_build():
     hist = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "valid_loss": [2.1, 1.2], "valid_acc": [0.3, 0.5]})
     assert len(plots.training_curve(hist).data) == 3
-    table = pd.DataFrame({"method": ["zero-shot", "ATV"], "category": ["NLU", "NLU"], "accuracy": [40.0, 60.0], "sd": [1.0, 2.0]})
+    table = pd.DataFrame({"method": ["zero-shot", "ATV"], "category": ["NLU", "NLU"], "accuracy": [40.0, 60.0],
+                          "sd": [1.0, 2.0]})
     assert len(plots.accuracy_bars(table).data) == 2
     norms = geometry.norms_frame({"ATV": (torch.ones(5, 4, 3), 1e-3), "ELICIT": (torch.ones(4, 3), 2.0)})
     assert len(plots.layer_norms_figure(norms).data) == 2
-    sweep = pd.DataFrame({"scale": [1e-3, 1e-2, 1e-3, 1e-2], "layers": ["all", "all", "top", "top"], "accuracy": [1, 2, 3, 4]})
+    sweep = pd.DataFrame({"scale": [1e-3, 1e-2, 1e-3, 1e-2], "layers": ["all", "all", "top", "top"],
+                          "accuracy": [1, 2, 3, 4]})
     assert len(plots.sweep_figure(sweep).data) == 2
     with pytest.raises(ValueError, match="missing"):
         plots.accuracy_bars(table.drop(columns="accuracy"))
@@ -98,3 +101,12 @@ def test_sweep_figure_marks_positions_apart():
     fig = plots.sweep_figure(same, symbol="positions")
     symbols = [t.marker.symbol for t in fig.data]
     assert len(fig.data) == 2 and len(set(symbols)) == 2 and any("open" in s for s in symbols)
+
+
+def test_accuracy_bars_draw_the_bootstrap_interval():
+    table = pd.DataFrame({"method": ["zero-shot", "ATV"], "category": ["NLU", "NLU"], "accuracy": [40.0, 60.0],
+                          "sd": [0.0, 0.0], "ci_low": [30.0, 45.0], "ci_high": [52.0, 70.0]})
+    fig = plots.accuracy_bars(table)
+    bars = {trace.name: trace for trace in fig.data}
+    assert list(bars["ATV"].error_y.array) == [10.0] and list(bars["ATV"].error_y.arrayminus) == [15.0]
+    assert list(bars["zero-shot"].error_y.array) == [12.0] and list(bars["zero-shot"].error_y.arrayminus) == [10.0]

@@ -192,7 +192,8 @@ def to_bbh(inp: str, out: str, mc: bool) -> dict:
     if not mc:
         return {"input": inp, "target": out}
     q, labs, texts = options(inp)
-    return {"input": q + "\nOptions:\n" + "\n".join(f"({lab}) {t}" for lab, t in zip(labs, texts)), "target": f"({out})"}
+    return {"input": q + "\nOptions:\n" + "\n".join(f"({lab}) {t}" for lab, t in zip(labs, texts)),
+            "target": f"({out})"}
 
 
 def test_bbh_atv_stream_and_format():

@@ -59,7 +59,8 @@ def _capture(lm, prompts, inj):
         editing = contextlib.nullcontext()
     else:
         layer_ids = wb.resolve_layers(inj.layers, lm.num_layers)
-        editing = hooked(lm.layers, {i: inj.scale * inj.vectors[i] for i in layer_ids}, inj.positions, enc["attention_mask"])
+        editing = hooked(lm.layers, {i: inj.scale * inj.vectors[i] for i in layer_ids}, inj.positions,
+                         enc["attention_mask"])
     with editing:
         handles = [
             block.register_forward_hook(
@@ -265,7 +266,8 @@ def test_prompt_longer_than_the_model_raises_or_truncates(arch):
     """gpt2 (learned positions) used to raise IndexError, llama (RoPE) silently ran past its positions."""
     from workbench.core.testing import tiny_model
 
-    lm = tiny_model(arch, texts=["hello world"], **({"n_positions": 16} if arch == "gpt2" else {"max_position_embeddings": 16}))
+    lm = tiny_model(arch, texts=["hello world"],
+                    **({"n_positions": 16} if arch == "gpt2" else {"max_position_embeddings": 16}))
     long = " ".join(["hello"] * 30)
     prompts = ["hello world", long]
     with pytest.raises(ValueError, match=r"prompt 1 has (30|31) tokens, more than the limit of 16.*truncate='left'"):

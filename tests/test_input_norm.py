@@ -28,7 +28,8 @@ def test_fit_input_norm_standardises_the_states_the_projection_reads(llama_lm):
         states = gen.encoder.encode(TEXTS)
         z = (states - gen.input_mean) / gen.input_scale
         assert torch.allclose(z.mean(0), torch.zeros(32), atol=1e-5)
-        assert torch.allclose(gen(TEXTS), gen.projection(z).view(4, llama_lm.num_layers, llama_lm.hidden_size), atol=1e-5)
+        assert torch.allclose(gen(TEXTS), gen.projection(z).view(4, llama_lm.num_layers, llama_lm.hidden_size),
+                              atol=1e-5)
         assert torch.allclose(gen(states), gen(TEXTS), atol=1e-5)  # precomputed states are standardised too
     assert gen.describe()["input_norm"] is True
     with pytest.raises(ValueError, match="input_norm=False"):
@@ -58,7 +59,8 @@ def test_input_norm_round_trips_through_save_and_load(llama_lm, tmp_path):
     gen = make(llama_lm, True).eval()
     gen.fit_input_norm(TEXTS)
     gen.save(tmp_path / "g")
-    back = ATVGenerator.load(tmp_path / "g", llama_lm, encoder=load_encoder("scratch:1x32", tokenizer=llama_lm.tokenizer))
+    back = ATVGenerator.load(tmp_path / "g", llama_lm,
+                             encoder=load_encoder("scratch:1x32", tokenizer=llama_lm.tokenizer))
     assert back.input_norm and torch.equal(back.input_mean, gen.input_mean)
     with torch.no_grad():
         assert torch.allclose(back.eval()(TEXTS), gen(TEXTS), atol=1e-6)

@@ -157,7 +157,7 @@ def parameters_of(name: str) -> dict:
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     scope: dict = {}
-    exec(cell.source, scope)  # noqa: S102 - the notebook's own literal defaults
+    exec(cell.source, scope)  # the notebook's own literal defaults
     return scope
 
 

@@ -24,8 +24,8 @@ TEST = [Item("elephants dance on the moon", "positive"), Item("a boring plot ind
 
 
 def make_task() -> Task:
-    return Task(name="toy_sentiment", category="NLU", domain="NLU", templates=TEMPLATES, labels=("positive", "negative"),
-                in_domain=True, train=TRAIN, valid=TRAIN[:2], test=TEST)
+    return Task(name="toy_sentiment", category="NLU", domain="NLU", templates=TEMPLATES,
+                labels=("positive", "negative"), in_domain=True, train=TRAIN, valid=TRAIN[:2], test=TEST)
 
 
 @pytest.fixture(scope="module")

@@ -59,8 +59,8 @@ def test_harmful_setting_falls_back_to_zero_shot():
     df = evaluate(lm, chosen, tasks, n_test=2, templates=[0], prefixes=["A:"], progress=False)
     fell_back = df[df["task"].isin(chosen.fallback_tasks)]
     assert set(fell_back["selection"]) == {"zero-shot fallback"}
-    plain = evaluate(lm, ZeroShot(), [t for t in tasks if t.name in chosen.fallback_tasks], n_test=2, templates=[0], prefixes=["A:"],
-                     progress=False)
+    plain = evaluate(lm, ZeroShot(), [t for t in tasks if t.name in chosen.fallback_tasks], n_test=2, templates=[0],
+                     prefixes=["A:"], progress=False)
     assert list(fell_back["prediction"]) == list(plain["prediction"])
     assert torch.isfinite(torch.tensor(df["label_correct"].astype(float).values)).all()
 

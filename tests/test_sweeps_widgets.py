@@ -25,7 +25,8 @@ class FixedVector(wb.Method):
 
     def __init__(self, lm, scale, layers, positions):
         torch.manual_seed(0)
-        self.vector, self.scale, self.layers, self.positions = torch.randn(lm.num_layers, lm.hidden_size), scale, layers, positions
+        self.vector = torch.randn(lm.num_layers, lm.hidden_size)
+        self.scale, self.layers, self.positions = scale, layers, positions
         self.calls = 0
 
     def prepare(self, lm, task, items, texts, seed=42):
@@ -150,14 +151,16 @@ def test_panel_error_is_shown_not_lost(lm):
 
 def test_lambda_slider_reaches_trained_value_in_fine_steps(lm):
     grid = lambda_grid(0.05)
-    assert 0.05 in grid and grid == sorted(grid) and min(grid) == pytest.approx(5e-4) and max(grid) == pytest.approx(5.0)
+    assert 0.05 in grid and grid == sorted(grid)
+    assert min(grid) == pytest.approx(5e-4) and max(grid) == pytest.approx(5.0)
     ratios = [b / a for a, b in zip(grid, grid[1:])]
     assert max(ratios) < 1.4  # one arrow key: ×1.33, not 0.05 -> 0.1
     panel = SteeringPanel(lm, recording_factory(lm, []), [TASK], scale=0.05, debounce=3600, **EVAL)
     assert panel.scale.value == 0.05
     step(panel.scale)
     assert 0.05 < panel.scale.value < 0.07
-    other = SteeringPanel(lm, recording_factory(lm, []), [TASK], scale=0.3, scales=lambda_grid(0.05), debounce=3600, **EVAL)
+    other = SteeringPanel(lm, recording_factory(lm, []), [TASK], scale=0.3, scales=lambda_grid(0.05), debounce=3600,
+                          **EVAL)
     assert {0.3, 0.05} <= {v for _, v in other.scale.options}
     with pytest.raises(ValueError, match="λ must be > 0"):
         lambda_grid(0.0)

@@ -19,7 +19,8 @@ from workbench.core.testing import tiny_model
 from workbench.tasks.registry import Item, Task
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
-ITEMS = [(f"{a} {b}", "positive" if i % 2 else "negative") for i, (a, b) in enumerate(zip(WORDS, WORDS[3:] + WORDS[:3]))]
+ITEMS = [(f"{a} {b}", "positive" if i % 2 else "negative")
+         for i, (a, b) in enumerate(zip(WORDS, WORDS[3:] + WORDS[:3]))]
 TASK = Task(name="synth", category="NLU", domain="NLU", templates=["Review: {input}", "Text: {input} ?", "Q {input}"],
             labels=("positive", "negative"), in_domain=True, train=[Item(*it) for it in ITEMS],
             valid=[Item(*it) for it in ITEMS[:4]], test=[Item(*it) for it in ITEMS])
@@ -71,7 +72,8 @@ def test_fast_and_naive_training_agree(lm):
     texts = [e.generator_text for e in training_examples([TASK], n_train=4)]
     for fast in (True, False):
         gen = generator(lm)
-        df = train_atv(lm, gen, [TASK], TrainConfig(epochs=2, fast_path=fast, encoder_train_mode="eval", **FAST), progress=False)
+        df = train_atv(lm, gen, [TASK], TrainConfig(epochs=2, fast_path=fast, encoder_train_mode="eval", **FAST),
+                       progress=False)
         losses.append(df.train_loss.tolist() + df.valid_loss.tolist())
         with torch.no_grad():
             vectors.append(gen.vectors(texts))
@@ -107,7 +109,8 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(lm, tmp_path):
             gen.projection.weight.fill_(math.nan)
 
     with pytest.raises(FloatingPointError, match="non-finite.*epoch 2.*epoch-001"):
-        train_atv(lm, gen, [TASK], TrainConfig(epochs=3, **FAST), checkpoint_dir=tmp_path, callback=poison, progress=False)
+        train_atv(lm, gen, [TASK], TrainConfig(epochs=3, **FAST), checkpoint_dir=tmp_path, callback=poison,
+                  progress=False)
     assert latest_checkpoint(tmp_path).name == "epoch-001"
     assert torch.isfinite(ATVGenerator.load(tmp_path / "epoch-001" / "generator", lm).projection.weight).all()
 
@@ -223,7 +226,8 @@ def test_presets():
         get_preset("nope")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    preset, config = build(parser.parse_args(["--preset", "cpu-demo", "--epochs", "2", "--tasks", "glue_sst2", "--naive"]))
+    preset, config = build(parser.parse_args(["--preset", "cpu-demo", "--epochs", "2", "--tasks", "glue_sst2",
+                                              "--naive"]))
     assert config.epochs == 2 and not config.fast_path and preset.tasks == ("glue_sst2",)
     assert config.scale == presets["cpu-demo"].config.scale
 
@@ -259,7 +263,8 @@ def test_tasks_by_name_task_or_mixed_list(lm, tmp_path):
 # --------------------------------------------------------------------------------------------- checkpoint safety
 def test_resume_with_other_tasks_or_config_names_the_difference(lm, tmp_path):
     train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match=r"another config \(tasks: checkpoint \['synth'\], now \['synth', 'synth2'\]\)"):
+    with pytest.raises(ValueError,
+                       match=r"another config \(tasks: checkpoint \['synth'\], now \['synth', 'synth2'\]\)"):
         train_atv(lm, generator(lm), [TASK, TASK2], TrainConfig(**ONE), checkpoint_dir=tmp_path, resume=True,
                   progress=False)
     with pytest.raises(ValueError, match=r"another config \(seed: checkpoint 42, now 1\)"):

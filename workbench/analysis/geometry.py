@@ -30,7 +30,8 @@ def norms_frame(named: Mapping[str, tuple[torch.Tensor | np.ndarray, float]]) ->
     return pd.DataFrame(rows)
 
 
-def project_2d(features: np.ndarray | torch.Tensor, method: str = "tsne", seed: int = 0, pca_dims: int = 50) -> np.ndarray:
+def project_2d(features: np.ndarray | torch.Tensor, method: str = "tsne", seed: int = 0,
+               pca_dims: int = 50) -> np.ndarray:
     """2-D coordinates of rows of `features` ([N, ...], flattened) by t-SNE, UMAP or PCA.
 
     Rows are first reduced to `pca_dims` by PCA (as is usual before t-SNE/UMAP); perplexity and neighbours are
@@ -50,11 +51,13 @@ def project_2d(features: np.ndarray | torch.Tensor, method: str = "tsne", seed: 
     if method == "tsne":
         from sklearn.manifold import TSNE
 
-        return TSNE(n_components=2, perplexity=float(min(30, max(1, (n - 1) / 3))), random_state=seed, init="pca").fit_transform(x)
+        return TSNE(n_components=2, perplexity=float(min(30, max(1, (n - 1) / 3))), random_state=seed,
+                    init="pca").fit_transform(x)
     import umap
 
     # n_jobs=1: what a fixed random_state forces anyway (umap warns when it has to override the default -1)
-    return umap.UMAP(n_components=2, n_neighbors=int(min(15, max(2, n - 1))), random_state=seed, n_jobs=1).fit_transform(x)
+    return umap.UMAP(n_components=2, n_neighbors=int(min(15, max(2, n - 1))), random_state=seed,
+                     n_jobs=1).fit_transform(x)
 
 
 def vector_map(
@@ -70,7 +73,8 @@ def vector_map(
     Returns columns x, y, task, kind ("adaptive"/"static"), text (query for hover).
     """
     if len(adaptive) != len(tasks) or len(tasks) != len(texts):
-        raise ValueError(f"adaptive ({len(adaptive)}), tasks ({len(tasks)}) and texts ({len(texts)}) must have equal length")
+        raise ValueError(f"adaptive ({len(adaptive)}), tasks ({len(tasks)}) and texts ({len(texts)}) "
+                         "must have equal length")
     feats = [torch.as_tensor(adaptive, dtype=torch.float32)]
     kinds, task_col, text_col = ["adaptive"] * len(tasks), list(tasks), list(texts)
     for task, vec in (static or {}).items():

@@ -21,7 +21,9 @@ def layer_label(layers: LayerSpec) -> str:
     if isinstance(layers, str):
         return layers
     indices = list(layers)
-    return f"{indices[0]}–{indices[-1]}" if indices == list(range(indices[0], indices[-1] + 1)) else ",".join(map(str, indices))
+    if indices == list(range(indices[0], indices[-1] + 1)):
+        return f"{indices[0]}–{indices[-1]}"
+    return ",".join(map(str, indices))
 
 
 def accuracy_of(lm: Any, method: Method, tasks: TaskSpec, **evaluate_kwargs: Any) -> dict:

@@ -111,7 +111,8 @@ def atv_increment(v_small: Any, A: Any, scale: float = 1.0) -> Array:
     """ATV's additive update ``scale * v_small @ A``: shape ``(d_out,)`` for 1-D ``v_small``, else ``(n, d_out)``."""
     v, a = _common(_arr("v_small", v_small), _arr("A", A, (2,)))
     if v.shape[-1] != a.shape[0]:
-        raise ValueError(f"v_small has shape {v.shape} and A has shape {a.shape}: need v_small[..., d_s] with A (d_s, d)")
+        raise ValueError(f"v_small has shape {v.shape} and A has shape {a.shape}: "
+                         "need v_small[..., d_s] with A (d_s, d)")
     return v.dtype.type(scale) * v @ a
 
 
@@ -132,7 +133,8 @@ def _check_atv(v_small: Any, A: Any, x: Any) -> tuple[np.ndarray, np.ndarray, np
     one_row = xx.ndim == 1 and v.ndim == 1
     x2, v2 = np.atleast_2d(xx), np.atleast_2d(v)
     if v2.shape[1] != a.shape[0]:
-        raise ValueError(f"v_small has shape {v.shape} but A has shape {a.shape}: need v_small (.., d_s), A (d_s, d_out)")
+        raise ValueError(f"v_small has shape {v.shape} but A has shape {a.shape}: "
+                         "need v_small (.., d_s), A (d_s, d_out)")
     if v2.shape[0] not in (1, x2.shape[0]):
         raise ValueError(
             f"v_small has shape {v.shape} but x has shape {xx.shape}: give one v_small row per x row, or a single one"
@@ -143,7 +145,8 @@ def _check_atv(v_small: Any, A: Any, x: Any) -> tuple[np.ndarray, np.ndarray, np
 def _check_lora(W_down: Any, W_up: Any, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     wd, wu, xx = _common(_arr("W_down", W_down, (2,)), _arr("W_up", W_up, (2,)), _arr("x", x))
     if wd.shape[1] != wu.shape[0]:
-        raise ValueError(f"W_down has shape {wd.shape} but W_up has shape {wu.shape}: need W_down (d_in, r), W_up (r, d_out)")
+        raise ValueError(f"W_down has shape {wd.shape} but W_up has shape {wu.shape}: "
+                         "need W_down (d_in, r), W_up (r, d_out)")
     if xx.shape[-1] != wd.shape[0]:
         raise ValueError(f"x has shape {xx.shape} but W_down has shape {wd.shape}: need x (.., d_in), W_down (d_in, r)")
     return wd, wu, np.atleast_2d(xx), xx.ndim == 1
@@ -325,7 +328,8 @@ def equivalence_sweep(
     for trial in range(n_trials):
         for ds in d_s_values:
             x = rng.standard_normal((n_tokens, d))
-            v, a, scale = rng.standard_normal((n_tokens, ds)), rng.standard_normal((ds, d)) / np.sqrt(ds), rng.uniform(0.5, 2)
+            v, a, scale = (rng.standard_normal((n_tokens, ds)), rng.standard_normal((ds, d)) / np.sqrt(ds),
+                           rng.uniform(0.5, 2))
             wd, wu = rng.standard_normal((d, ds)) / np.sqrt(d), rng.standard_normal((ds, d)) / np.sqrt(ds)
             for dt in dtypes:
                 xc, vc, ac, wdc, wuc = (m.astype(dt) for m in (x, v, a, wd, wu))

@@ -71,8 +71,9 @@ def projection_parts(generator: ATVGenerator, states: torch.Tensor) -> dict[str,
     zero = proj(torch.zeros_like(s[:1])).float()
     mean = proj(s.mean(0, keepdim=True)).float()
     query = (out - mean).norm(dim=-1)
-    return {"bias": float(zero.norm()), "mean_query": float((mean - zero).norm()), "query_specific": float(query.mean()),
-            "vector": float(out.norm(dim=-1).mean()), "query_share": float((query / out.norm(dim=-1).clamp(min=1e-12)).mean())}
+    return {"bias": float(zero.norm()), "mean_query": float((mean - zero).norm()),
+            "query_specific": float(query.mean()), "vector": float(out.norm(dim=-1).mean()),
+            "query_share": float((query / out.norm(dim=-1).clamp(min=1e-12)).mean())}
 
 
 def edit_ratios(lm: LanguageModel, vectors: torch.Tensor, scale: float, prompts: Sequence[str],
@@ -142,9 +143,11 @@ def probe_accuracy(train_states: torch.Tensor | np.ndarray, train_labels: Sequen
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    xtr, xte = (np.asarray(x.detach().float() if isinstance(x, torch.Tensor) else x) for x in (train_states, test_states))
+    xtr, xte = (np.asarray(x.detach().float() if isinstance(x, torch.Tensor) else x)
+                for x in (train_states, test_states))
     if xtr.ndim != 2 or xte.ndim != 2 or len(xtr) != len(train_labels) or len(xte) != len(test_labels):
-        raise ValueError(f"states must be [N, d] with one label per row: train {xtr.shape} / {len(train_labels)} labels, "
+        raise ValueError("states must be [N, d] with one label per row: "
+                         f"train {xtr.shape} / {len(train_labels)} labels, "
                          f"test {xte.shape} / {len(test_labels)} labels")
     if len(set(train_labels)) < 2:
         raise ValueError(f"the probe needs at least 2 classes in the train labels, got {sorted(set(train_labels))}")
@@ -166,7 +169,8 @@ def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, column: str = "label_corr
     for name, df in (("a", a), ("b", b)):
         missing = [c for c in (*ROW_KEYS, column) if c not in df.columns]
         if missing:
-            raise ValueError(f"rows {name} lack column(s) {missing}; evaluate() rows have {list(ROW_KEYS)} and {column!r}")
+            raise ValueError(f"rows {name} lack column(s) {missing}; "
+                             f"evaluate() rows have {list(ROW_KEYS)} and {column!r}")
         if df[column].isna().any():
             raise ValueError(f"rows {name} have missing {column!r} values (a task without labels?)")
         if df.duplicated(list(ROW_KEYS)).any():

@@ -178,8 +178,8 @@ def fast_pair_losses(
         injection.check(lm, len(pairs))
         injection = MaskedInjection(injection, first)
     extra = {cache_kwarg(lm.hf): cache} if cache is not None else {}
-    with lm.nn.trace(input_ids=ids.to(lm.device), attention_mask=attention_mask, position_ids=position_ids.to(lm.device),
-                     use_cache=True, **extra):
+    with lm.nn.trace(input_ids=ids.to(lm.device), attention_mask=attention_mask,
+                     position_ids=position_ids.to(lm.device), use_cache=True, **extra):
         if injection is not None:
             injection.apply(lm, slice(None), attention_mask)
         logits = lm.nn.output.logits.save()

@@ -55,8 +55,9 @@ class ATVGenerator(nn.Module):
     def __init__(self, encoder: Encoder, lm: LanguageModel, bottleneck: int | None = None, input_norm: bool = False):
         super().__init__()
         if not isinstance(encoder, Encoder):
-            raise ValueError(f"encoder must be a wb.Encoder (wb.load_encoder(...)), got {type(encoder).__name__}")  # noqa: TRY004
-        if bottleneck is not None and (isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or bottleneck < 1):
+            raise ValueError(f"encoder must be a wb.Encoder (wb.load_encoder(...)), got {type(encoder).__name__}")
+        if bottleneck is not None and (isinstance(bottleneck, bool) or not isinstance(bottleneck, int)
+                                       or bottleneck < 1):
             raise ValueError(f"bottleneck must be a positive int or None, got {bottleneck!r}")
         self.encoder = encoder
         self.num_layers, self.hidden_size, self.lm_name = lm.num_layers, lm.hidden_size, lm.name
@@ -64,10 +65,11 @@ class ATVGenerator(nn.Module):
         self.lora: dict | None = None
         out = lm.num_layers * lm.hidden_size
         dim = encoder.dim
-        self.projection = nn.Linear(dim, out) if bottleneck is None else nn.Sequential(nn.Linear(dim, bottleneck), nn.Linear(bottleneck, out))
+        self.projection = (nn.Linear(dim, out) if bottleneck is None
+                           else nn.Sequential(nn.Linear(dim, bottleneck), nn.Linear(bottleneck, out)))
         self.projection.to(next(encoder.parameters()).dtype)
         if not isinstance(input_norm, bool):
-            raise ValueError(f"input_norm must be True or False, got {input_norm!r}")  # noqa: TRY004
+            raise ValueError(f"input_norm must be True or False, got {input_norm!r}")
         self.input_norm = input_norm
         if input_norm:  # standardise the small model's states before the projection (see fit_input_norm)
             self.register_buffer("input_mean", torch.zeros(dim))
@@ -188,7 +190,8 @@ class ATVGenerator(nn.Module):
         check_compatible(meta, lm, directory)
         if encoder is None:
             scratch = str(meta["encoder"]).startswith("scratch:")
-            encoder = load_encoder(meta["encoder"], pooling=meta["pooling"], tokenizer=lm.tokenizer if scratch else None)
+            encoder = load_encoder(meta["encoder"], pooling=meta["pooling"],
+                                   tokenizer=lm.tokenizer if scratch else None)
             encoder.max_length = int(meta.get("encoder_max_length", encoder.max_length))
         gen = cls(encoder, lm, bottleneck=meta.get("bottleneck"), input_norm=bool(meta.get("input_norm", False)))
         if meta.get("lora"):

@@ -38,7 +38,8 @@ class Preset:
     input_norm: bool = False  # standardise the small model's states (fit on the training queries) before projecting
     zero_query_weights: bool = False  # start the projection's weight at 0 (a static vector, the bias)
 
-    def load(self, config: TrainConfig | None = None, bottleneck: int | None = None, lora_r: int | None = None) -> tuple:
+    def load(self, config: TrainConfig | None = None, bottleneck: int | None = None,
+             lora_r: int | None = None) -> tuple:
         """(lm, generator, tasks) ready for :func:`workbench.train_atv` (the projection initialised from the seed;
         with ``input_norm`` the small model's states standardised over the training queries of `config`)."""
         from workbench.atv.generator import ATVGenerator

@@ -11,7 +11,8 @@ first epoch), the small model's texts run in length buckets, and torch's fused A
 in their dtype) -- off by default, on in the ``cpu-demo`` preset.
 
 Tasks are given by name, as Task objects or a mix (:func:`workbench.tasks.registry.resolve_tasks`); their names are
-recorded in ``TrainConfig.tasks``, ``df.attrs["config"]`` and the generator's ``generator.json`` (``gen.meta["tasks"]``).
+recorded in ``TrainConfig.tasks``, ``df.attrs["config"]`` and the generator's ``generator.json``
+(``gen.meta["tasks"]``).
 Checkpoint folders (:mod:`workbench.atv.checkpoints`) are locked for the whole run, never cleared by a fresh run
 (earlier checkpoints need ``resume=True``), and a resume refuses a checkpoint trained with another config.
 
@@ -88,7 +89,8 @@ class TrainConfig:
             ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
             if isinstance(v, bool) or not ok_type or not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
                 kind = "int" if integer else "number"
-                raise ValueError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite {kind}, got {v!r}")
+                raise ValueError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite {kind}, "
+                                 f"got {v!r}")
 
         positive("scale")
         positive("lr")
@@ -103,7 +105,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; use one of {allowed}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")  # noqa: TRY004
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
         Injection(torch.zeros(1, 1), self.scale, self.layers, self.positions)  # layer-spec checks
         if isinstance(self.tasks, str) or not isinstance(self.tasks, (tuple, list)) or not all(
                 isinstance(t, str) and t for t in self.tasks):
@@ -126,7 +128,8 @@ class EpochBatches(torch.utils.data.Sampler):
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
+        order = torch.randperm(self.n,
+                               generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
         return iter([order[i: i + self.batch_size] for i in range(0, self.n, self.batch_size)])
 
     def __len__(self) -> int:
@@ -151,7 +154,8 @@ class Batcher:
         """Frozen small model: its pooled states, computed once."""
         texts = [ex.generator_text for ex in self.examples]
         with torch.no_grad(), generator_autocast(self.config.generator_precision, self.lm.device):
-            self.states = torch.cat([generator.encoder.encode(texts[i: i + VALID_BATCH]) for i in range(0, len(texts), VALID_BATCH)])
+            self.states = torch.cat([generator.encoder.encode(texts[i: i + VALID_BATCH])
+                                     for i in range(0, len(texts), VALID_BATCH)])
 
     def warm(self, progress: bool = False) -> float:
         """Compute the prefix caches of all examples now (within the store's budget); returns the seconds taken."""
@@ -169,7 +173,8 @@ class Batcher:
             else:
                 texts = [self.examples[i].generator_text for i in idx]
                 unique = {t: j for j, t in enumerate(dict.fromkeys(texts))}
-                vectors = generator(texts) if len(unique) == len(texts) else generator(list(unique))[[unique[t] for t in texts]]
+                vectors = (generator(texts) if len(unique) == len(texts)
+                           else generator(list(unique))[[unique[t] for t in texts]])
         return vectors.to(self.lm.dtype)
 
     def losses(self, generator: Any, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +205,7 @@ def group_items(examples: list[Example]) -> list[list[int]]:
     return list(groups.values())
 
 
-def validate(generator: ATVGenerator, batcher: Batcher | None) -> tuple[float, float]:
+def validation_scores(generator: ATVGenerator, batcher: Batcher | None) -> tuple[float, float]:
     """Mean valid loss and first-token accuracy (eval mode, no grad); NaN without validation items."""
     if batcher is None:
         return math.nan, math.nan
@@ -247,7 +252,8 @@ def build_examples(tasks: list[Task], config: TrainConfig) -> tuple[list[Example
     train = training_examples(tasks, config.n_train, config.seed, config.prefix, config.generator_input)
     groups = group_items(train)
     if len(groups) < config.batch_size:
-        raise ValueError(f"only {len(groups)} training items ({len(train)} examples) for batch_size={config.batch_size}: "
+        raise ValueError(f"only {len(groups)} training items ({len(train)} examples) "
+                         f"for batch_size={config.batch_size}: "
                          "lower batch_size or raise n_train")
     valid = (training_examples(tasks, config.valid_items, config.seed, config.prefix, config.generator_input,
                                split="valid") if config.valid_items else [])
@@ -348,7 +354,7 @@ def train_atv(
     task_list = resolve_tasks(tasks)
     config = checked_config(config, task_list)
     if not isinstance(generator, ATVGenerator):
-        raise ValueError(f"generator must be a wb.ATVGenerator, got {type(generator).__name__}")  # noqa: TRY004
+        raise ValueError(f"generator must be a wb.ATVGenerator, got {type(generator).__name__}")
     check_compatible(generator.describe(), lm, "passed to train_atv")
     resolve_layers(config.layers, lm.num_layers)
     folder = checkpoint_dir or config.checkpoint_dir
@@ -356,7 +362,8 @@ def train_atv(
     check_checkpoint_dir(ckpt, resume)  # fail before any work
     accelerator = accelerator or make_accelerator(lm)
     if config.batch_size % accelerator.num_processes:
-        raise ValueError(f"batch_size={config.batch_size} must be divisible by the {accelerator.num_processes} processes")
+        raise ValueError(f"batch_size={config.batch_size} must be divisible by the "
+                         f"{accelerator.num_processes} processes")
     main = accelerator.is_main_process
     with checkpoint_lock(ckpt) if ckpt is not None and main else contextlib.nullcontext():
         last = check_checkpoint_dir(ckpt, resume)  # again, now that the folder is ours
@@ -378,16 +385,18 @@ def _train(lm: LanguageModel, generator: ATVGenerator, tasks: list[Task], config
     model, optimizer, loader, sampler = set_up_optimizer(generator, config, len(groups), accelerator)
     history, start = resume_from(last, generator, optimizer) if last is not None else ([], 1)
     initial = (history[0].get("initial") if history
-               else dict(zip(("valid_loss", "valid_acc"), validate(generator, valid_batcher))))
+               else dict(zip(("valid_loss", "valid_acc"), validation_scores(generator, valid_batcher))))
     epochs = tqdm(range(start, config.epochs + 1), desc="epochs", disable=not progress, initial=start - 1,
                   total=config.epochs)
     for epoch in epochs:
         sampler.epoch = epoch
         t0 = time.perf_counter()
         train_loss = run_epoch(model, batcher, groups, loader, optimizer, accelerator, epoch, config, ckpt, progress)
-        row = history_row(epoch, train_loss, time.perf_counter() - t0, len(train), validate(generator, valid_batcher))
+        scores = validation_scores(generator, valid_batcher)
+        row = history_row(epoch, train_loss, time.perf_counter() - t0, len(train), scores)
         history.append({**row, **({"initial": initial} if not history else {})})
-        epochs.set_postfix(train=f"{row['train_loss']:.3f}", valid=f"{row['valid_loss']:.3f}", acc=f"{row['valid_acc']:.2f}")
+        epochs.set_postfix(train=f"{row['train_loss']:.3f}", valid=f"{row['valid_loss']:.3f}",
+                           acc=f"{row['valid_acc']:.2f}")
         if ckpt is not None and accelerator.is_main_process:
             save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, epoch, history)
         accelerator.wait_for_everyone()

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = prep.add_mutually_exclusive_group(required=True)
     src.add_argument("--from", dest="src", metavar="DIR", help="folder of canonical <task>.json files")
     src.add_argument("--hub", action="store_true", help="build from the Hugging Face hub (needs internet)")
-    prep.add_argument("--to", dest="dst", metavar="DIR", default=None, help=f"target folder (default {default_target()})")
+    prep.add_argument("--to", dest="dst", metavar="DIR", default=None,
+                      help=f"target folder (default {default_target()})")
     prep.add_argument("--tasks", nargs="+", metavar="NAME", default=None, help="only these tasks")
     chk = sub.add_parser("check", help="validate the task files of the data folder")
     chk.add_argument("--dir", default=None, help="data folder (default: resolved as load_task does)")

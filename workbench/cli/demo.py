@@ -32,8 +32,10 @@ def quick(model: str, encoder_name: str, seed: int) -> None:
 
     lm = wb.load_model(model)
     encoder = wb.load_encoder(encoder_name)
-    print(f"large model: {lm.name} (L={lm.num_layers}, d={lm.hidden_size}); small model: {encoder.name} (d_s={encoder.dim})")
-    text = "The movie was a delight from start to finish.\nQuestion: Is this sentence positive or negative? Answer positive or negative.\nA:"
+    print(f"large model: {lm.name} (L={lm.num_layers}, d={lm.hidden_size}); "
+          f"small model: {encoder.name} (d_s={encoder.dim})")
+    text = ("The movie was a delight from start to finish.\n"
+            "Question: Is this sentence positive or negative? Answer positive or negative.\nA:")
     torch.manual_seed(seed)
     with torch.no_grad():
         expand = torch.nn.Linear(encoder.dim, lm.num_layers * lm.hidden_size)
@@ -45,10 +47,15 @@ def quick(model: str, encoder_name: str, seed: int) -> None:
 
 def summary_frame(tidy: pd.DataFrame) -> pd.DataFrame:
     """Methods x (category, score): the primary (loose first-token) accuracy and, next to it, the label-restricted
-    accuracy (argmax over the task's label tokens: the skill once the answer format is forced), from the tidy
-    table notebook 02 writes (``method, category, accuracy, sd, label_accuracy``)."""
+    accuracy (argmax over the task's label tokens: the skill once the answer format is forced), each as
+    ``acc ±h`` with h the half-width of its 95 % item-level bootstrap interval when the table has one, from the tidy
+    table notebook 02 writes (``method, category, accuracy, sd, label_accuracy`` [+ ``ci_low`` ...])."""
     order = list(tidy["method"].unique())
-    tidy = tidy[tidy["category"] != "Unseen"]  # the same as the unseen average
+    tidy = tidy[tidy["category"] != "Unseen"].copy()  # the same as the unseen average
+    for value, low, high in (("accuracy", "ci_low", "ci_high"), ("label_accuracy", "label_ci_low", "label_ci_high")):
+        if value in tidy and {low, high} <= set(tidy.columns):
+            half = (tidy[high] - tidy[low]) / 2
+            tidy[value] = [f"{v:.1f} ±{h:.1f}" if pd.notna(h) else f"{v:.1f}" for v, h in zip(tidy[value], half)]
     values = {"accuracy": "primary", "label_accuracy": "label"}
     present = [c for c in values if c in tidy.columns]
     wide = tidy.pivot(index="method", columns="category", values=present).reindex(order)
@@ -63,8 +70,9 @@ def print_summary(run_dir: Path) -> None:
     table = run_dir / "summary_categories.csv"
     if table.exists():
         wide = summary_frame(pd.read_csv(table))
-        print("\naccuracy (%) on the same items, seed 42 -- primary: loose first-token score (format and skill); "
-              "label: argmax over the label tokens (skill alone); see README:")
+        print("\naccuracy (%) on the same items, seed 42, ± half-width of the 95 % item-level bootstrap interval -- "
+              "primary: loose first-token score (format and skill); label: argmax over the label tokens "
+              "(skill alone); see README:")
         with pd.option_context("display.width", 200, "display.max_columns", 40, "display.precision", 1):
             print(wide.to_string())
 

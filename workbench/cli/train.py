@@ -86,7 +86,8 @@ def check_run_dir(run: Path, resume: bool) -> Path | None:
         except (ValueError, UnicodeDecodeError):
             ours = False
         if not ours:
-            raise FileExistsError(f"{str(record)!r} exists and is not a record of this command; choose another --run-dir")
+            raise FileExistsError(f"{str(record)!r} exists and is not a record of this command; "
+                                  "choose another --run-dir")
     return last
 
 
@@ -131,7 +132,8 @@ def train(args: argparse.Namespace, preset: Preset, config: TrainConfig, run: Pa
         raise ValueError(str(err)) from err
     save_table(df, run, "history")
     generator.save(run / "generator", train_config=config.to_dict(), preset=preset.name)
-    print(f"before training: valid_loss {df.attrs['initial']['valid_loss']:.4f}, valid_acc {df.attrs['initial']['valid_acc']:.3f}")
+    print(f"before training: valid_loss {df.attrs['initial']['valid_loss']:.4f}, "
+          f"valid_acc {df.attrs['initial']['valid_acc']:.3f}")
     print(df.to_string(index=False, float_format="%.4f"))
     print(f"prefix cache: {df.attrs['prefix_cache']}; generator saved to {run / 'generator'}")
     return 0

@@ -24,7 +24,8 @@ SCRATCH = re.compile(r"^scratch:(\d+)x(\d+)$")
 class Encoder(nn.Module):
     """A transformer body plus pooling; `.encode(texts) -> Tensor[B, dim]`."""
 
-    def __init__(self, body: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str, pooling: str = "last", max_length: int = 512):
+    def __init__(self, body: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str, pooling: str = "last",
+                 max_length: int = 512):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
@@ -60,7 +61,8 @@ class Encoder(nn.Module):
         side = tok.truncation_side
         tok.truncation_side = "left"
         try:
-            enc = tok(list(texts), return_tensors="pt", padding=True, padding_side="right", truncation=True, max_length=self.max_length)
+            enc = tok(list(texts), return_tensors="pt", padding=True, padding_side="right", truncation=True,
+                      max_length=self.max_length)
         finally:
             tok.truncation_side = side
         lengths = enc["attention_mask"].sum(1).tolist() if enc["input_ids"].shape[1] else [0] * len(texts)
@@ -154,7 +156,8 @@ def load_encoder(
         tok = tokenizer or AutoTokenizer.from_pretrained(source)
     except OSError as err:
         raise OSError(
-            f"could not load encoder {name!r}: {err}\nEmbedded aliases: {', '.join([*EMBEDDED_ENCODERS, *EMBEDDED_MODELS])}; "
+            f"could not load encoder {name!r}: {err}\n"
+            f"Embedded aliases: {', '.join([*EMBEDDED_ENCODERS, *EMBEDDED_MODELS])}; "
             f"'scratch:<layers>x<width>'; or any Hugging Face id/folder (needs the hub)."
         ) from err
     cfg = body.config

@@ -3,7 +3,8 @@
 Module contents: :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_write_json` go through a
 temporary file in the destination folder and :func:`os.replace`, so a crash mid-write leaves either the old file or
 the new one, never a truncated one, and no temporary file behind; :func:`replace_dir` does the same for a finished
-folder. :func:`read_json` reads a JSON file the workbench wrote back, with errors naming the file and what is wrong. :func:`package_versions` is what every run records; :func:`new_run_dir` makes a timestamped run folder;
+folder. :func:`read_json` reads a JSON file the workbench wrote back, with errors naming the file and what is wrong.
+:func:`package_versions` is what every run records; :func:`new_run_dir` makes a timestamped run folder;
 :func:`repo_root` is the one place the checkout is located from.
 """
 

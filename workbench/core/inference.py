@@ -190,7 +190,8 @@ def _generate_batch(lm: LanguageModel, enc: dict[str, torch.Tensor], rows: slice
     cache = None
     for step in range(max_new_tokens):
         if cache is not None:
-            inputs = {"input_ids": new_tokens[-1][:, None], "attention_mask": mask, "position_ids": positions[:, -1:] + 1}
+            inputs = {"input_ids": new_tokens[-1][:, None], "attention_mask": mask,
+                      "position_ids": positions[:, -1:] + 1}
             positions = torch.cat([positions, inputs["position_ids"]], dim=1)
         extra = {cache_kwarg(lm.hf): cache} if cache is not None else {}
         with lm.nn.trace(**inputs, use_cache=True, logits_to_keep=1, **extra):
@@ -294,8 +295,9 @@ def _tail_logits(lm: LanguageModel, kvs: list[KV | None], tails: list[list[int]]
         cache.tail_tokens += len(tail)
     attention_mask = torch.cat([body_mask, tail_mask], dim=1).to(lm.device)
     kwargs = {cache_kwarg(lm.hf): body_cache} if body_cache is not None else {}
-    with lm.nn.trace(input_ids=ids.to(lm.device), attention_mask=attention_mask, position_ids=position_ids.to(lm.device),
-                     use_cache=True, logits_to_keep=torch.tensor([Tt - 1]), **kwargs):
+    with lm.nn.trace(input_ids=ids.to(lm.device), attention_mask=attention_mask,
+                     position_ids=position_ids.to(lm.device), use_cache=True, logits_to_keep=torch.tensor([Tt - 1]),
+                     **kwargs):
         if intervention is not None:  # the trace sees only the tail tokens: their mask says where "last" is
             intervention.apply(lm, rows, tail_mask.to(lm.device))
         logits = lm.nn.output.logits.save()

@@ -81,7 +81,8 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
     spec = layer_spec(spec)
     if isinstance(spec, str):
         b1, b2 = thirds(num_layers)
-        table = {"all": range(num_layers), "bottom": range(0, b1), "middle": range(b1, b2), "top": range(b2, num_layers)}
+        table = {"all": range(num_layers), "bottom": range(0, b1), "middle": range(b1, b2),
+                 "top": range(b2, num_layers)}
         return list(table[spec])
     out_of_range = [i for i in spec if not 0 <= i < num_layers]
     if out_of_range:
@@ -92,7 +93,8 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
 
 def check_positions(positions: str) -> str:
     if positions not in POSITIONS:
-        raise ValueError(f"unknown positions {positions!r}; use 'last' (the paper) or 'all' (official code, transformers<=4.53)")
+        raise ValueError(f"unknown positions {positions!r}; use 'last' (the paper) "
+                         "or 'all' (official code, transformers<=4.53)")
     return positions
 
 
@@ -264,7 +266,8 @@ class Replacement:
 
     def check(self, lm: LanguageModel, n_prompts: int) -> None:
         if tuple(self.vectors.shape) != (lm.num_layers, lm.hidden_size):
-            raise ValueError(f"vectors {tuple(self.vectors.shape)} do not match [L, d] = [{lm.num_layers}, {lm.hidden_size}]")
+            raise ValueError(f"vectors {tuple(self.vectors.shape)} do not match "
+                             f"[L, d] = [{lm.num_layers}, {lm.hidden_size}]")
         resolve_layers(self.layers, lm.num_layers)
 
     def apply(self, lm: LanguageModel, rows: slice, attention_mask: torch.Tensor) -> None:
@@ -323,7 +326,8 @@ class ContextInjection:
 
     def check(self, lm: LanguageModel, n_prompts: int) -> None:
         if tuple(self.vectors.shape[-3:]) != (lm.num_layers, 2, lm.hidden_size):
-            raise ValueError(f"context vectors {tuple(self.vectors.shape)} do not match L={lm.num_layers}, d={lm.hidden_size}")
+            raise ValueError(f"context vectors {tuple(self.vectors.shape)} do not match "
+                             f"L={lm.num_layers}, d={lm.hidden_size}")
         if self.vectors.dim() == 4 and self.vectors.shape[0] != n_prompts:
             raise ValueError(f"context vectors are for {self.vectors.shape[0]} prompts, got {n_prompts}")
 

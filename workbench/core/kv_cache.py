@@ -115,7 +115,8 @@ def collate(lm: LanguageModel, kvs: Sequence[KV | None], workspace: Callable[...
 
 def shared_bodies(seqs: Sequence[Sequence[int]], min_tail: int = 1) -> list[int]:
     """Per sequence, the length of the longest prefix it shares with another sequence of `seqs`, leaving at least
-    `min_tail` tokens (0 when it shares nothing). The 3 answer prefixes of one (item, template) share the prompt body."""
+    `min_tail` tokens (0 when it shares nothing). The 3 answer prefixes of one (item, template) share the prompt
+    body."""
     order = sorted(range(len(seqs)), key=lambda i: tuple(seqs[i]))
     common = [0] * len(seqs)
     for a, b in zip(order, order[1:]):

@@ -137,7 +137,8 @@ def wrap_model(
         from workbench.core.tokens import uses_chat_template
 
         chat = uses_chat_template(name, tokenizer)
-    return LanguageModel(hf=hf, tokenizer=tokenizer, name=name, layer_path=architecture_of(hf).layers, chat=chat, source=source)
+    return LanguageModel(hf=hf, tokenizer=tokenizer, name=name, layer_path=architecture_of(hf).layers, chat=chat,
+                         source=source)
 
 
 def _embedded_folder(alias: str, dtype: torch.dtype) -> Path:

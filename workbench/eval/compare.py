@@ -27,7 +27,8 @@ BUDGETS = ("paper", "cpu-demo")
 
 
 def standard_methods(generator: Any = None, budget: str = "paper", k: int | None = None, seed: int = 42,
-                     light_generator: Any = None, epochs: int | None = None, n_train: int | None = None) -> dict[str, Method]:
+                     light_generator: Any = None, epochs: int | None = None,
+                     n_train: int | None = None) -> dict[str, Method]:
     """The baselines of the paper (+ ATV when a trained generator is given), configured for `budget`.
 
     Keys are the display labels of :mod:`workbench.methods.names` ("zero-shot", "16-shot", "static TV", ...).
@@ -59,7 +60,7 @@ def labelled(methods: Mapping[str, Method] | Sequence[Method]) -> dict[str, Meth
     out: dict[str, Method] = {}
     for method in methods:
         if not isinstance(method, Method):
-            raise ValueError(f"methods must be workbench Methods, got {type(method).__name__}")  # noqa: TRY004
+            raise ValueError(f"methods must be workbench Methods, got {type(method).__name__}")
         label = display_label(method)
         if label in out:
             raise ValueError(f"two methods have the label {label!r}; pass a dict {{label: method}} to name them")
@@ -108,7 +109,9 @@ def compare(
 
 
 def category_table(results: pd.DataFrame, loose: bool = False) -> pd.DataFrame:
-    """Accuracy per method and category plus in-domain / unseen averages (tidy: method, category, accuracy, sd).
+    """Accuracy per method and category plus in-domain / unseen averages (tidy: method, category, accuracy, sd,
+    the 95 % item-level bootstrap interval ci_low / ci_high, the label-restricted accuracy with its interval, and
+    which score `accuracy` is).
 
     A method column holding canonical names (``wb.evaluate`` output) is shown with the display labels of
     :mod:`workbench.methods.names`; other values (e.g. the labels :func:`compare` writes) are kept.
@@ -117,7 +120,10 @@ def category_table(results: pd.DataFrame, loose: bool = False) -> pd.DataFrame:
         results = results.assign(method=results["method"].map(lambda m: display_label(m) if m in METHODS else m))
     s = summarize(results, loose=loose)
     keep = s[(s["level"] == "category") | ((s["level"] == "average") & s["name"].isin(["in_domain", "unseen"]))]
-    out = keep.drop(columns="category").rename(columns={"name": "category", "accuracy_sd": "sd"})[["method", "category", "accuracy", "sd", "label_accuracy"]]
+    columns = ["method", "category", "accuracy", "sd", "ci_low", "ci_high", "label_accuracy", "label_ci_low",
+               "label_ci_high", "score"]
+    out = keep.drop(columns="category").rename(columns={"name": "category", "accuracy_sd": "sd"})
+    out = out[[c for c in columns if c in out.columns]]
     order = {m: i for i, m in enumerate(results["method"].unique())} if "method" in results else {}
     rank = out["method"].map(order).fillna(len(order))
     return out.assign(_rank=rank).sort_values(["category", "_rank"]).drop(columns="_rank").reset_index(drop=True)

@@ -80,7 +80,7 @@ class PeakMemory:
             self._peak = max(self._peak, proc.memory_info().rss)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> PeakMemory:  # noqa: PYI034
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -148,15 +148,20 @@ def _accuracy(df: pd.DataFrame, in_domain: bool, column: str = "correct") -> flo
 
 
 def efficiency_table(
-    results: Mapping[str, pd.DataFrame] | Iterable[pd.DataFrame] | pd.DataFrame, loose: bool = False
+    results: Mapping[str, pd.DataFrame] | Iterable[pd.DataFrame] | pd.DataFrame, loose: bool | None = None
 ) -> pd.DataFrame:
-    """Paper Table 5 layout: per method Latency (s/item), peak memory (GiB), increase (GiB), ID / OOD accuracy (%).
+    """Paper Table 5 layout: per method Latency (s/item), peak memory (GiB), increase (GiB), ID / OOD accuracy (%),
+    plus ID accuracy split into format adherence (% of rows whose prediction is a label word) x accuracy when in
+    format, and the label-restricted ID accuracy.
 
     `results`: result DataFrames of :func:`workbench.evaluate` (one per method, with ``attrs["efficiency"]``), a
     dict name -> DataFrame, or one concatenated DataFrame (then latency comes from the rows and memory is missing).
-    Accuracy is the mean over seeds of the macro average over tasks (in-domain vs unseen tasks); ``loose`` scores
-    with the ``correct_loose`` column (see :mod:`workbench.eval.evaluate`).
+    Accuracy is the mean over seeds of the macro average over tasks (in-domain vs unseen tasks) on the primary score
+    (``primary_correct``: loose on chat prompts, strict on raw ones), as in every other table; ``loose=True`` /
+    ``False`` forces the loose / strict score. ``attrs["score"]`` says which.
     """
+    column, score = ("primary_correct", "primary") if loose is None else (
+        ("correct_loose", "loose") if loose else ("correct", "strict"))
     if isinstance(results, pd.DataFrame):
         method_col = results["method"] if "method" in results else pd.Series("method", index=results.index)
         frames = {str(name): part for name, part in results.groupby(method_col, sort=False)}
@@ -178,7 +183,32 @@ def efficiency_table(
             "Memory (GiB)": eff.get("peak_gib", float("nan")),
             "Memory increase (GiB)": eff.get("increase_gib", float("nan")),
             "Memory kind": eff.get("memory_kind"),
-            "ID Acc.": _accuracy(part, True, "correct_loose" if loose else "correct"),
-            "OOD Acc.": _accuracy(part, False, "correct_loose" if loose else "correct"),
+            "ID Acc.": _accuracy(part, True, column if column in part else "correct"),
+            "OOD Acc.": _accuracy(part, False, column if column in part else "correct"),
+            **_format_split(part, column if column in part else "correct"),
         })
-    return pd.DataFrame(rows).set_index("method")
+    table = pd.DataFrame(rows).set_index("method")
+    table.attrs["score"] = score
+    return table
+
+
+def _format_split(df: pd.DataFrame, column: str) -> dict[str, float]:
+    """In-domain format adherence (% of rows answering with a label word) and accuracy among those rows (%), so
+    that ID Acc. ≈ adherence × accuracy-in-format; and the label-restricted ID accuracy (%)."""
+    in_labels = "in_labels_loose" if column != "correct" and "in_labels_loose" in df else "in_labels"
+    out = {"ID format (%)": float("nan"), "ID acc. in format (%)": float("nan"), "ID label Acc.": float("nan")}
+    if in_labels not in df:
+        return out
+    from workbench.eval.tables import task_groups
+
+    sub = df[(task_groups(df)["group"] == "in_domain").to_numpy()].dropna(subset=[in_labels])
+    if sub.empty:
+        return out
+    fmt = sub[in_labels].astype(bool)
+    out["ID format (%)"] = 100 * float(fmt.mean())
+    out["ID acc. in format (%)"] = 100 * float(sub.loc[fmt, column].astype(float).mean()) if fmt.any() else 0.0
+    labelled = sub.dropna(subset=["label_correct"]) if "label_correct" in sub else sub.iloc[:0]
+    if not labelled.empty:
+        out["ID label Acc."] = _accuracy(labelled.assign(label_correct=labelled["label_correct"].astype(float)), True,
+                                         "label_correct")
+    return out

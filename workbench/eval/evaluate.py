@@ -94,7 +94,7 @@ def sample_items(task: Task, n_test: int | None, seed: int, split: str = "test")
 def _check_batch(batch: Any, n: int, method: Method) -> PreparedBatch:
     if not isinstance(batch, PreparedBatch):
         msg = f"{type(method).__name__}.prepare must return a PreparedBatch, got {type(batch).__name__}"
-        raise ValueError(msg)  # noqa: TRY004
+        raise ValueError(msg)
     if len(batch.prompts) != n:
         raise ValueError(f"{type(method).__name__}.prepare returned {len(batch.prompts)} prompts for {n} items")
     if batch.info and len(batch.info) != n:
@@ -277,15 +277,17 @@ def evaluate(
     ``templates``: "all" or template indices (0-2); ``prefixes``: "all" or answer prefixes of
     :data:`workbench.tasks.prompts.PREFIXES`. With ``run_dir`` the config, each finished task's rows and efficiency.json
     are written atomically, and a rerun skips finished tasks (:mod:`workbench.eval.runs`). The result carries
-    ``attrs["efficiency"]`` (mean latency per item, peak memory; :mod:`workbench.eval.efficiency`) and ``attrs["config"]``.
+    ``attrs["efficiency"]`` (mean latency per item, peak memory; :mod:`workbench.eval.efficiency`) and
+    ``attrs["config"]``.
     ``cache=True`` (default) computes every prompt body the variants of an item share once
     (:mod:`workbench.core.kv_cache`; the same rows as ``cache=False``, logits equal up to float32 noise); pass a
     :class:`~workbench.core.kv_cache.BodyCache` to choose its memory budget or to share it across calls.
-    ``split="valid"`` evaluates on the validation split instead (for choosing settings: :mod:`workbench.analysis.selection`).
+    ``split="valid"`` evaluates on the validation split instead (for choosing settings:
+    :mod:`workbench.analysis.selection`).
     """
     if not isinstance(method, Method):
         msg = f"method must be a workbench Method (e.g. wb.ZeroShot()), got {type(method).__name__}"
-        raise ValueError(msg)  # noqa: TRY004
+        raise ValueError(msg)
     return evaluate_many(lm, {method.name: method}, tasks, n_test, templates, prefixes, seeds, batch_size,
                          run_dir, data_dir, progress, cache, split, _own_folder=True)[method.name]
 

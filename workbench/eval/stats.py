@@ -186,7 +186,8 @@ def clusters_by(df: pd.DataFrame, values: pd.Series | np.ndarray, by: Sequence[s
     first = np.zeros(n_c, dtype=int)
     first[cluster[::-1]] = np.arange(len(cluster))[::-1]  # first row of every cluster
     heads = frame.iloc[first]
-    group = heads.groupby(list(by), sort=False, observed=True, dropna=False).ngroup().to_numpy()  # clusters are sorted by `by`
+    # clusters are sorted by `by`
+    group = heads.groupby(list(by), sort=False, observed=True, dropna=False).ngroup().to_numpy()
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
     stops = np.r_[starts[1:], n_c]
     keys = heads[list(by)].iloc[starts].itertuples(index=False, name=None)

@@ -132,7 +132,8 @@ def summarize(df: pd.DataFrame, loose: bool = False, ci: float | None = 0.95, sc
         grid = {c: part.pivot(index="task", columns="seed", values=c).reindex(names).to_numpy(float)
                 for c in ("accuracy", "label_accuracy", "n_tokens")}  # tasks x seeds
         n_rows = part.groupby("task", sort=False)["n_rows"].sum().reindex(names).to_numpy()
-        per = {c: tasks_[c].to_numpy(float) for c in ("format_adherence", "accuracy_in_format", "consistency", "n_items")}
+        per = {c: tasks_[c].to_numpy(float)
+               for c in ("format_adherence", "accuracy_in_format", "consistency", "n_items")}
         for level, name, members in levels(tasks_):
             ix = [pos[t] for t in members]
             stats = {c: _mean_sd(_nanmean(grid[c][ix], 0)) for c in grid}
@@ -190,7 +191,8 @@ def tables_like_paper(
     seeds" (the paper's format), "ci" gives "mean ± half-width of the `ci` bootstrap interval"; plain means when
     not `formatted`. With `baseline` (needs results, not a summary), cells of other methods get ▲ / ▼ when
     :func:`workbench.eval.stats.paired` finds them significantly above / below the baseline (Holm, `alpha`).
-    Each table's ``attrs["score"]`` says what it shows (its column-axis name, briefly). Tables without data are left out.
+    Each table's ``attrs["score"]`` says what it shows (its column-axis name, briefly). Tables without data are left
+    out.
     """
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; use one of {CELLS}")

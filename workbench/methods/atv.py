@@ -32,7 +32,7 @@ class ATV(Method):
     def __init__(self, generator: ATVGenerator, scale: float | None = None, layers: LayerSpec | None = None,
                  positions: str | None = None, batch_size: int = 16):
         if not isinstance(generator, ATVGenerator):
-            raise ValueError(f"generator must be a wb.ATVGenerator, got {type(generator).__name__}")  # noqa: TRY004
+            raise ValueError(f"generator must be a wb.ATVGenerator, got {type(generator).__name__}")
         meta = generator.meta
         self.generator = generator
         self.scale = check_scale(meta.get("scale", 1e-3) if scale is None else scale)
@@ -53,12 +53,14 @@ class ATV(Method):
         self.generator.eval()
         try:
             with torch.no_grad():
-                chunks = [self.generator(list(texts[i: i + self.batch_size])) for i in range(0, len(texts), self.batch_size)]
+                chunks = [self.generator(list(texts[i: i + self.batch_size]))
+                          for i in range(0, len(texts), self.batch_size)]
         finally:
             self.generator.train(was_training)
         return torch.cat(chunks)
 
-    def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str], seed: int = 42) -> PreparedBatch:
+    def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str],
+                seed: int = 42) -> PreparedBatch:
         check_compatible(self.generator.describe(), lm, "for this ATV method")
         vectors = self.vectors(texts)
         injection = Injection(vectors, scale=self.scale, layers=self.layers, positions=self.positions)

@@ -117,7 +117,8 @@ def per_class_demos(task: Any, shots_per_class: int, seed: int = 42, max_total: 
     return out[:max_total] if max_total is not None else out
 
 
-def single_demos(lm: LanguageModel, task: Any, items: Sequence[Any], template: int = 0, prefix: str = TRAIN_PREFIX) -> list[str]:
+def single_demos(lm: LanguageModel, task: Any, items: Sequence[Any], template: int = 0,
+                 prefix: str = TRAIN_PREFIX) -> list[str]:
     """One prompt per demonstration: the rendered question followed by its answer (I2CL's split demonstrations)."""
     tpl = task.templates[template]
     return [lm.render(build_text(tpl, it.input, prefix)) + target_text(it.output) for it in items]
@@ -140,7 +141,8 @@ def sublayer_outputs(lm: LanguageModel, texts: Sequence[str], batch_size: int = 
     return torch.cat(chunks).cpu()
 
 
-def zero_shot_texts(lm: LanguageModel, task: Any, items: Sequence[Any], template: int = 0, prefix: str = TRAIN_PREFIX) -> list[str]:
+def zero_shot_texts(lm: LanguageModel, task: Any, items: Sequence[Any], template: int = 0,
+                    prefix: str = TRAIN_PREFIX) -> list[str]:
     """Rendered zero-shot prompts of `items` with one of the task's templates."""
     tpl = task.templates[template]
     return [lm.render(build_text(tpl, it.input, prefix)) for it in items]

@@ -114,7 +114,8 @@ class ELICIT(Method):
             self.sweeps[task.name] = sweep
             self.best_layers[task.name] = max(sweep["layers"], key=lambda l: (sweep["layers"][l], sweep["logprob"][l]))
             used = {p.query_text for p in prompts}  # held-out valid queries calibrate the threshold
-            queries = dict.fromkeys(build_text(task.templates[self.template], it.input, TRAIN_PREFIX) for it in task.valid)
+            queries = dict.fromkeys(build_text(task.templates[self.template], it.input, TRAIN_PREFIX)
+                                    for it in task.valid)
             spare = [q for q in queries if q not in used][:N_HELD_OUT]
             held_out += spare
             held_keys += [task.name] * len(spare)
@@ -140,7 +141,8 @@ class ELICIT(Method):
             top = float(row_scores[0])
             if top < self.threshold:
                 vectors.append(None)
-                info.append({"retrieved_task": None, "similarity": top, "layer": None, "fallback": True, "retrieved": ""})
+                info.append({"retrieved_task": None, "similarity": top, "layer": None, "fallback": True,
+                             "retrieved": ""})
                 continue
             chosen = [int(i) for i in row_idx]
             tasks = [self.entry_tasks[i] for i in chosen]
@@ -156,7 +158,8 @@ class ELICIT(Method):
             layers_used.update(targets)
         return vectors, info, sorted(layers_used)
 
-    def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str], seed: int = 42) -> PreparedBatch:
+    def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str],
+                seed: int = 42) -> PreparedBatch:
         vectors, info, layers = self.retrieve(texts)
         prompts = [lm.render(t) for t in texts]
         if all(v is None for v in vectors):

@@ -125,7 +125,8 @@ class I2CL(Method):
             torch.random.set_rng_state(gen_state)
         self.coefs = coefs.detach().cpu()
 
-    def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str], seed: int = 42) -> PreparedBatch:
+    def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str],
+                seed: int = 42) -> PreparedBatch:
         if self.coefs is None or self.index is None:
             raise RuntimeError("I2CL is not fitted: call fit(lm, in_domain_tasks) first")
         prompts = [lm.render(t) for t in texts]
@@ -141,6 +142,7 @@ class I2CL(Method):
     def config(self) -> dict:
         return {"name": self.name, "shots_per_class": self.shots_per_class, "max_demos": self.max_demos,
                 "epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay, "warmup": self.warmup,
-                "noise": self.noise, "batch_size": self.batch_size, "init": list(self.init), "positions": self.positions,
-                "template": self.template, "seed": self.seed, "modules": list(MODULES), "coefficients": "shared",
+                "noise": self.noise, "batch_size": self.batch_size, "init": list(self.init),
+                "positions": self.positions, "template": self.template, "seed": self.seed, "modules": list(MODULES),
+                "coefficients": "shared",
                 "optimizer": "AdamW", "unseen": f"nearest calibration question ({self.retriever} cosine)"}

@@ -1,9 +1,10 @@
 """LoRA baseline (paper §4.5 / B.2, the I2CL paper's setup): rank-8 adapters on the attention query and value
 projections, trained on the same examples and loss as ATV.
 
-* Targets (``lora_targets`` in :data:`workbench.core.architectures.ARCHITECTURES`): ``q_proj``/``v_proj`` where the architecture has separate projections
-  (llama, mistral, qwen, gemma, phi); architectures with a fused projection get it whole (``c_attn`` for gpt2,
-  ``query_key_value`` for gpt_neox, ``qkv_proj`` for phi3), which adapts the keys too.
+* Targets (``lora_targets`` in :data:`workbench.core.architectures.ARCHITECTURES`): ``q_proj``/``v_proj`` where the
+  architecture has separate projections (llama, mistral, qwen, gemma, phi); architectures with a fused projection
+  get it whole (``c_attn`` for gpt2, ``query_key_value`` for gpt_neox, ``qkv_proj`` for phi3), which adapts the
+  keys too.
 * Training: :func:`workbench.atv.examples.training_examples` (90 train items per task x 3 templates, the same sample
   as ATV) and :func:`workbench.atv.examples.answer_loss` (teacher-forced cross-entropy on the answer tokens); AdamW,
   lr 4e-4 (the paper's change from 1e-3), r=8, alpha=32, dropout 0.05; epochs as ATV.

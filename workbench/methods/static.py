@@ -8,7 +8,8 @@ the task's train split, queries from its valid split). At test time it is inject
 
 Unseen tasks (not among the fitted ones): ``unseen="own"`` (default, what the paper's static baseline does) builds
 the vector from the unseen task's own train demonstrations at first use; ``unseen="retrieve"`` uses the vector of
-the in-domain task whose prompts' queries are most similar (MiniLM cosine, :mod:`workbench.tasks.retrieval`) to the batch.
+the in-domain task whose prompts' queries are most similar (MiniLM cosine, :mod:`workbench.tasks.retrieval`) to the
+batch.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class StaticTaskVector(Method):
         return str(name), max(s for k, s in votes if k == name)
 
     # ------------------------------------------------------------------ Method
-    def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str], seed: int = 42) -> PreparedBatch:
+    def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str],
+                seed: int = 42) -> PreparedBatch:
         source, sim = task.name, None
         if task.name in self.fitted or self.unseen == "own":
             vector = self.task_vector(lm, task)

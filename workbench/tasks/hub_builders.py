@@ -304,7 +304,7 @@ def build_bbh(subsets: dict[str, Any]) -> dict[str, Splits]:
 
 def _has_split(ds: Any, name: str) -> bool:
     try:
-        return name in ds.keys()  # noqa: SIM118 (a Dataset is iterable over rows)
+        return name in ds.keys()  # a Dataset is iterable over rows
     except AttributeError:
         return False
 

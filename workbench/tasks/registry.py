@@ -10,7 +10,8 @@
   Free-form tasks (a few extra BBH subsets) have no label words (``labels == ()``).
 * Task names are plain file stems (:func:`check_task_name`); a ``<name>.json`` that is a folder, a broken symlink
   or not UTF-8 raises :class:`TaskDataError` naming it.
-* Data folder: ``resolve_data_dir`` (argument, ``$ATV_DATA_DIR``, ``<repo>/data/tasks``, ``<repo>/../shared/data/tasks``).
+* Data folder: ``resolve_data_dir`` (argument, ``$ATV_DATA_DIR``, ``<repo>/data/tasks``,
+  ``<repo>/../shared/data/tasks``).
 """
 
 from __future__ import annotations
@@ -356,7 +357,7 @@ def resolve_tasks(tasks: TaskSpec, data_dir: str | os.PathLike | None = None) ->
         specs = list(tasks)
     else:
         msg = f"tasks must be a group name {GROUPS}, a task name, a Task or a list of them; got {tasks!r:.120}"
-        raise ValueError(msg)  # noqa: TRY004 (the API promises ValueError)
+        raise ValueError(msg)  # the API promises ValueError
     if not specs:
         raise ValueError("tasks is empty: give at least one task name or Task")
     out: dict[str, Task] = {}
@@ -373,7 +374,7 @@ def resolve_tasks(tasks: TaskSpec, data_dir: str | os.PathLike | None = None) ->
         else:
             where = "" if len(specs) == 1 else f"element {i} of tasks, "
             raise ValueError(f"{where}{spec!r:.80} ({type(spec).__name__}) is neither a task name nor a Task "
-                             f"(wb.load_task(name)); groups: {GROUPS}")  # noqa: TRY004
+                             f"(wb.load_task(name)); groups: {GROUPS}")
     return list(out.values())
 
 

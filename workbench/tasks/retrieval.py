@@ -75,7 +75,8 @@ class QueryIndex:
         return [(self.keys[int(i)], float(s)) for s, i in zip(best, idx)]
 
 
-def recall_threshold(index: QueryIndex, queries: Sequence[str], query_keys: Sequence[Hashable], recall: float = 0.8) -> float:
+def recall_threshold(index: QueryIndex, queries: Sequence[str], query_keys: Sequence[Hashable],
+                     recall: float = 0.8) -> float:
     """Score threshold keeping a share `recall` of the positive (same-key) pairs between `queries` and the index.
 
     ELICIT chooses its retriever threshold from a recall target of 0.8; this is the same rule applied to cosine

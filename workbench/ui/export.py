@@ -33,7 +33,7 @@ def find_browser() -> str | None:
         return None
     try:
         path = Chromium.find_browser(skip_local=False)
-    except Exception:  # noqa: BLE001 - discovery is best effort
+    except Exception:  # discovery is best effort
         return None
     return path if path and os.access(path, os.X_OK) else None
 
@@ -76,7 +76,7 @@ def save_figure(
         return out
     try:
         data = pio.to_image(fig, format="png", width=width, height=height, scale=scale)
-    except Exception as err:  # noqa: BLE001 - a missing/broken browser must not crash a notebook
+    except Exception as err:  # a missing/broken browser must not crash a notebook
         _warn_png(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
         return out
     out["png"] = atomic_write_bytes(run_dir / f"{name}.png", data)

@@ -57,8 +57,8 @@ def accuracy_bars(table: pd.DataFrame, group: str = "category", title: str = "Ac
 
     For the category table of :func:`workbench.eval.compare.category_table`: the ``in_domain`` / ``unseen`` averages
     are labelled "in-domain avg." / "unseen avg."; the ``Unseen`` category is dropped when the ``unseen`` average is
-    there (it is the same set of tasks); error bars are drawn only where a standard deviation is positive (one seed
-    has none).
+    there (it is the same set of tasks); error bars show the 95 % bootstrap interval (``ci_low`` / ``ci_high``) when
+    the table has one, else the sd over seeds where it is positive (one seed has none).
     """
     _require(table, ["method", group, "accuracy"], "accuracy_bars")
     shown = table.copy()
@@ -66,13 +66,17 @@ def accuracy_bars(table: pd.DataFrame, group: str = "category", title: str = "Ac
         shown = shown[shown[group] != "Unseen"]
     shown[group] = shown[group].map(lambda c: CATEGORY_LABELS.get(c, c))
     shown["method"] = shown["method"].map(method_label)
-    errors = None
-    if "sd" in shown and (shown["sd"].fillna(0) > 0).any():
+    errors, minus = None, None
+    if {"ci_low", "ci_high"} <= set(shown.columns) and shown["ci_high"].notna().any():
+        shown["err_plus"] = (shown["ci_high"] - shown["accuracy"]).clip(lower=0)
+        shown["err_minus"] = (shown["accuracy"] - shown["ci_low"]).clip(lower=0)
+        errors, minus = "err_plus", "err_minus"  # the 95 % item-level bootstrap interval
+    elif "sd" in shown and (shown["sd"].fillna(0) > 0).any():
         errors = "sd"
-    fig = px.bar(shown, x=group, y="accuracy", color="method", barmode="group", error_y=errors, title=title,
-                 template=TEMPLATE, labels={group: group.replace("_", " ")})
+    fig = px.bar(shown, x=group, y="accuracy", color="method", barmode="group", error_y=errors, error_y_minus=minus,
+                 title=title, template=TEMPLATE, labels={group: group.replace("_", " ")})
     fig.update_layout(yaxis_title="accuracy (%)",
-                      yaxis_range=percent_range(shown["accuracy"], shown["sd"] if errors else None))
+                      yaxis_range=percent_range(shown["accuracy"], shown[errors] if errors else None))
     return fig
 
 
@@ -88,7 +92,8 @@ def vector_map_figure(points: pd.DataFrame, title: str = "Per-query ATV vectors 
     """Scatter coloured by task, circles for adaptive and crosses for static vectors, query text on hover (Fig. 4)."""
     _require(points, ["x", "y", "task", "kind", "text"], "vector_map_figure")
     shown = points.assign(hover=points["text"].str.slice(0, 200).str.replace("\n", "<br>"))
-    fig = px.scatter(shown, x="x", y="y", color="task", symbol="kind", hover_name="task", hover_data={"hover": True, "x": False, "y": False},
+    fig = px.scatter(shown, x="x", y="y", color="task", symbol="kind", hover_name="task",
+                     hover_data={"hover": True, "x": False, "y": False},
                      symbol_map={"adaptive": "circle", "static": "x"}, title=title, template=TEMPLATE)
     fig.update_traces(marker=dict(size=8))
     fig.for_each_trace(lambda t: t.update(marker=dict(size=16, line=dict(width=2))) if "static" in t.name else None)

@@ -79,7 +79,8 @@ def generator_tasks(generator: Any, generator_dir: str | os.PathLike, tasks: Seq
         elif from_config:
             names, source = list(from_config), f"{config} (the generator itself recorded no tasks)"
         else:
-            raise ValueError(f"the generator at {folder} did not record its training tasks (no generator.meta['tasks'], "
+            raise ValueError(f"the generator at {folder} did not record its training tasks "
+                             "(no generator.meta['tasks'], "
                              f"no 'tasks' in generator.json, no {config}); set the notebook's `tasks` parameter")
     echo(f"tasks: {names} (the generator's training tasks, from {source})")
     return names

@@ -55,7 +55,8 @@ class SteeringPanel:
         values = sorted({*(scales or lambda_grid(scale)), float(scale)})
         self.scale = w.SelectionSlider(options=[(f"{v:.3g}", v) for v in values], value=float(scale), description="λ",
                                        continuous_update=False, layout=w.Layout(width="480px"))
-        self.layers = w.IntRangeSlider(value=(0, L - 1), min=0, max=L - 1, description="layers", continuous_update=False)
+        self.layers = w.IntRangeSlider(value=(0, L - 1), min=0, max=L - 1, description="layers",
+                                       continuous_update=False)
         self.preset = w.ToggleButtons(options=["all", "bottom", "middle", "top"], value="all", description="preset")
         self.positions = w.ToggleButtons(options=["last", "all"], value="last", description="positions")
         self.progress = w.IntProgress(value=0, min=0, max=len(self.tasks), description="", bar_style="",
@@ -134,7 +135,7 @@ class SteeringPanel:
                 return self._evaluate(generation)
             except Cancelled:
                 return None
-            except Exception as err:  # noqa: BLE001 - shown in the panel; a background thread would lose it
+            except Exception as err:  # shown in the panel; a background thread would lose it
                 self.progress.bar_style = "danger"
                 self._set_status(f"<b>error:</b> {html.escape(f'{type(err).__name__}: {err}')}", raw=True)
                 if threading.current_thread() is threading.main_thread():
