@@ -1,6 +1,7 @@
 """Shared-prefix evaluation vs the uncached protocol: the standard line-up on the cpu-demo tasks, same items, one run.
 
     .venv/bin/python benchmarks/eval_speed.py [--n-test 5] [--threads 2] [--generator DIR] [--fit-tasks 4]
+                                              [--methods zero-shot,static-tv,elicit,atv,lora]
 
 Fits the cpu-demo line-up (zero-shot, 4-shot, BM25 4-shot, static TV, ELICIT, I2CL, LoRA, ATV) on the cpu-demo
 preset's tasks, then evaluates every method on the same test items (all 9 variants) three ways, interleaved per method:
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=5, help="test items per task (x 9 variants)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--generator", help="a trained generator folder (default: a fresh one)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated canonical names to time (default: the whole line-up)")
     parser.add_argument("--fit-tasks", type=int, default=4,
                         help="fit the methods on the first N tasks only (evaluation cost does not depend on it)")
     args = parser.parse_args()
@@ -78,6 +81,9 @@ def main() -> None:
         torch.manual_seed(0)
         generator = wb.ATVGenerator(wb.load_encoder(preset.encoder), lm)
     line_up = standard_methods(generator, budget="cpu-demo")
+    if args.methods:
+        wanted = args.methods.split(",")
+        line_up = {label: m for label, m in line_up.items() if m.name in wanted}
     print(f"fitting {len(line_up)} methods on {', '.join(t.name for t in tasks)} ...", flush=True)
     for label, method in line_up.items():
         seconds, _ = timed(lambda m=method: m.fit(lm, tasks[: args.fit_tasks]))

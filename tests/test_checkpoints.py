@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from locks import lock_held_by_a_thread
 import torch
 
 from workbench.atv.checkpoints import (
@@ -75,23 +75,10 @@ def test_checkpoint_dir_checks(tmp_path, gen_opt):
 
 
 def test_lock_held_by_another_thread_refuses_at_once(tmp_path):
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with checkpoint_lock(tmp_path):
-            held.set()
-            release.wait()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert held.wait(60)
+    with lock_held_by_a_thread(tmp_path):
         with pytest.raises(CheckpointBusy, match=rf"in use by another training \(pid {os.getpid()} on host .*started"):
             with checkpoint_lock(tmp_path):
                 pass
-    finally:
-        release.set()
-        thread.join()
     with checkpoint_lock(tmp_path), checkpoint_lock(tmp_path):  # free again; the same thread may nest it
         pass
 

@@ -57,25 +57,10 @@ def test_run_dir_with_files_of_the_user(tmp_path, capsys, no_model):
 
 
 def test_locked_run_dir(tmp_path, capsys, no_model):
-    import threading
+    from locks import lock_held_by_a_thread
 
-    from workbench.atv.checkpoints import checkpoint_lock
-
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with checkpoint_lock(tmp_path / "run" / "checkpoints"):
-            held.set()
-            release.wait()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert held.wait(60)
+    with lock_held_by_a_thread(tmp_path / "run" / "checkpoints"):
         code, err = run(capsys, "--run-dir", str(tmp_path / "run"))
-    finally:
-        release.set()
-        thread.join()
     assert code == 2 and "in use by another training" in err
 
 

@@ -304,26 +304,13 @@ def test_resume_without_latest_finds_the_newest_complete_checkpoint(lm, tmp_path
 
 
 def test_second_training_on_a_locked_folder_fails_at_once(lm, tmp_path):
-    import threading
+    from locks import lock_held_by_a_thread
 
-    from workbench.atv.checkpoints import CheckpointBusy, checkpoint_lock
+    from workbench.atv.checkpoints import CheckpointBusy
 
-    held, release = threading.Event(), threading.Event()
-
-    def other_training():
-        with checkpoint_lock(tmp_path):
-            held.set()
-            release.wait()
-
-    thread = threading.Thread(target=other_training)
-    thread.start()
-    try:
-        assert held.wait(60)
+    with lock_held_by_a_thread(tmp_path):
         with pytest.raises(CheckpointBusy, match="in use by another training .*pid .* on host"):
             train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path, progress=False)
-    finally:
-        release.set()
-        thread.join()
     assert not any(p.name.startswith("epoch-") for p in tmp_path.iterdir())
     train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path, progress=False)
 
