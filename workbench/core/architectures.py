@@ -73,6 +73,11 @@ def architecture_of(model_or_config: Any, role: str = "large model") -> Architec
     return arch
 
 
+def hidden_size_of(config: Any) -> int:
+    """The width of a model from its config (``hidden_size``, or GPT-2's ``n_embd``)."""
+    return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+
+
 def lora_parameter_count(lm: LanguageModel, r: int = 8) -> int:
     """Trainable parameters of rank-`r` LoRA on the large model's query/value projections (the LoRA baseline's
     targets), computed from the module shapes without touching the model."""

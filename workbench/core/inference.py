@@ -16,6 +16,7 @@ import torch
 from workbench.core.interventions import Intervention, as_intervention
 from workbench.core.kv_cache import KV, BodyCache, cache_kwarg, collate, output_cache, shared_bodies
 from workbench.core.tokens import add_bos
+from workbench.core.tokens import check_text
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
@@ -29,15 +30,7 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
         raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
     if len(prompts) == 0:
         raise ValueError("prompts is empty: give at least one prompt")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise ValueError(f"prompt {i} is {type(p).__name__} ({p!r}), not a string")
-        try:
-            p.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise ValueError(f"prompt {i} is not valid text: {err.object[err.start:err.end]!r} at character "
-                             f"{err.start} is a lone surrogate (not encodable as UTF-8)") from None
-    return list(prompts)
+    return [check_text(p, i) for i, p in enumerate(prompts)]
 
 
 def check_batch_size(batch_size: int) -> int:

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from workbench.core.architectures import architecture_of
 from workbench.core.files import atomic_dir
+from workbench.core.architectures import hidden_size_of
 
 #: Embedded models: alias -> (python package shipping the weights, file inside it or None for an HF folder).
 EMBEDDED_MODELS: dict[str, tuple[str, str | None]] = {
@@ -75,8 +76,7 @@ class LanguageModel:
 
     @property
     def hidden_size(self) -> int:
-        cfg = self.hf.config
-        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+        return hidden_size_of(self.hf.config)
 
     @property
     def device(self) -> torch.device:

@@ -41,6 +41,19 @@ def uses_chat_template(model_name: str, tokenizer: Any) -> bool:
     return "instruct" in str(model_name).lower() and bool(getattr(tokenizer, "chat_template", None))
 
 
+def check_text(text: object, index: int, what: str = "prompt") -> str:
+    """`text` if it is a string the tokenizers can encode, else a ValueError naming `what` `index` and the fault
+    (not a string; a lone surrogate, which is not encodable as UTF-8)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} {index} is {type(text).__name__} ({text!r:.80}), not a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{what} {index} is not valid text: {err.object[err.start:err.end]!r} at character "
+                         f"{err.start} is a lone surrogate (not encodable as UTF-8)") from None
+    return text
+
+
 def add_bos(tokenizer: Any, prompt: str) -> bool:
     """The BOS rule: the tokenizer's special tokens are added unless `prompt` already starts with the BOS token (a
     rendered chat prompt). The official code adds them regardless, so Llama-3 chat prompts get two BOS tokens."""
