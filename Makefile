@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser demo lab test lint bench clean
+.PHONY: install browser demo study lab test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ browser:
 
 demo: install browser
 	$(BIN)/python -m workbench demo
+
+# The 25-task comparison of all 8 methods (python -m workbench study; resumable: rerun to continue). STUDY_ARGS for
+# its flags, e.g. STUDY_ARGS="--run-dir runs/study-2".
+STUDY_ARGS ?=
+study: install browser
+	$(BIN)/python -m workbench study $(STUDY_ARGS)
 
 # JupyterLab on this venv (its kernel "Python 3 (atv-workbench)"), the project's settings (jupyter/lab/settings: no
 # news pop-up), only on 127.0.0.1; the file browser opens at notebooks/. LAB_PORT picks the port (next free one if taken).

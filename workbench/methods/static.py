@@ -36,6 +36,8 @@ UNSEEN_POLICIES = ("own", "retrieve")
 class StaticTaskVector(Method):
     """Mean last-token states of k-shot prompts per task, injected at the last token (see the module docstring)."""
 
+    fitted_attributes = ("vectors", "prompts", "fitted", "_index")
+
     name = "static-tv"
 
     def __init__(

@@ -1,0 +1,170 @@
+"""``python -m workbench study``: the paper's protocol on the embedded default, in one resumable command.
+
+    python -m workbench study [--run-dir runs/study] [--n-test 30] [--n-icl 10] [--k 2] [--dtype bfloat16]
+
+1. trains the ATV generator on all 20 in-domain tasks with the ``cpu-full`` preset into ``<run-dir>/train/``
+   (:mod:`workbench.cli.train`; resumed from its per-epoch checkpoints);
+2. runs notebook 02 headless into ``<run-dir>/`` with ``budget="cpu-demo"``: every baseline fitted on the same
+   training items (saved in ``fitted/`` and reloaded on a rerun), all 8 methods evaluated on the 25 tasks × 9
+   variants on the same ``--n-test`` items per task (``eval/``, finished tasks skipped on a rerun); k-shot and BM25
+   prompts (k = ``--k``) on a seeded subset of ``--n-icl`` of those items, as they share no prompt bodies;
+   The large model runs in ``--dtype`` for fitting and evaluation (default bfloat16, ~2x faster than float32 on this
+   CPU, as the official code runs Llama-3-8B in float16; the cpu presets' injections, λ = 0.05, are far above
+   bf16's rounding); the generator is trained in the preset's float32;
+3. prints the summary table and the significant paired differences, and appends the wall time of this invocation
+   (with the machine's load) to ``study_time.json``.
+
+``study.json`` records the configuration; a rerun with another one is refused before anything runs, naming the
+setting, and so is a ``--run-dir`` the study did not make.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from workbench.cli import train as train_cli
+from workbench.core.files import atomic_write_json, package_versions, read_json
+
+MARKER = "workbench-study"
+PRESET = "cpu-full"
+BUDGET = "cpu-demo"
+DEFAULTS = {"n_test": 30, "n_icl": 10, "k": 2, "seed": 42, "dtype": "bfloat16"}
+#: Lower bounds of the protocol (issue 14): the vector/fine-tuning methods and ATV need >= 30 items per task for an
+#: interval worth reading, the prompt baselines >= 10.
+MIN_ITEMS = {"n_test": 30, "n_icl": 10}
+NOTEBOOK = "02_static_vs_adaptive.ipynb"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", default="runs/study", help="the study's folder (rerun the same to resume)")
+    parser.add_argument("--n-test", type=int, default=DEFAULTS["n_test"], help="test items per task (>= 30)")
+    parser.add_argument("--n-icl", type=int, default=DEFAULTS["n_icl"],
+                        help="of those, items for k-shot and BM25 (>= 10)")
+    parser.add_argument("--k", type=int, default=DEFAULTS["k"], help="demonstrations of k-shot / BM25 (<= 16)")
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--dtype", default=DEFAULTS["dtype"], choices=("float32", "bfloat16"),
+                        help="the large model's dtype for fitting and evaluation (training: the preset's float32)")
+    parser.add_argument("--small", action="store_true",
+                        help="for tests only: 2+1 tasks, 1 epoch, few items (below the protocol's minimums)")
+
+
+def study_config(args: argparse.Namespace) -> dict[str, Any]:
+    """What the study's results depend on; checked against ``study.json`` on a rerun."""
+    from workbench.atv.presets import get_preset
+    from workbench.tasks.registry import task_names
+
+    for name, low in MIN_ITEMS.items():
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or (value < low and not args.small) or value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value!r}: the study needs an int >= {low}")
+    if args.n_icl > args.n_test:
+        raise ValueError(f"--n-icl {args.n_icl} is more than --n-test {args.n_test}: k-shot items are a subset")
+    if not 1 <= args.k <= 16:
+        raise ValueError(f"--k {args.k!r}: use 1..16 demonstrations")
+    preset = get_preset(PRESET)
+    in_domain, unseen = list(preset.tasks), task_names("unseen")
+    if args.small:
+        in_domain, unseen = in_domain[:2], unseen[:1]
+    return {"format": MARKER, "preset": PRESET, "model": preset.model, "encoder": preset.encoder,
+            "budget": BUDGET, "n_test": args.n_test, "n_icl": args.n_icl, "k": args.k, "seed": args.seed,
+            "dtype": args.dtype,
+            "in_domain": in_domain, "unseen": unseen, "small": bool(args.small)}
+
+
+def open_study(run: Path, config: dict[str, Any]) -> None:
+    """Create the study folder or check that it holds this configuration (before anything runs)."""
+    record = run / "study.json"
+    if run.exists() and not run.is_dir():
+        raise NotADirectoryError(f"--run-dir {str(run)!r} is a file, not a folder")
+    if record.exists():
+        old = read_json(record, required=("format",), what="the study.json that `python -m workbench study` writes")
+        for key, value in config.items():
+            if old.get(key) != value:
+                raise ValueError(f"--run-dir {str(run)!r} holds a study made with {key}={old.get(key)!r}, this run "
+                                 f"has {key}={value!r}; use another --run-dir, or rerun with the same settings")
+    elif run.exists() and any(run.iterdir()):
+        raise FileExistsError(f"--run-dir {str(run)!r} exists and is not a study folder (no study.json); "
+                              "choose another --run-dir")
+    else:
+        atomic_write_json(record, {**config, "packages": package_versions()})
+
+
+def train_generator(run: Path, config: dict[str, Any]) -> Path:
+    """The cpu-full generator in ``run/train/generator`` (trained, or resumed from its checkpoints)."""
+    from workbench.atv.generator import is_checkpoint
+
+    folder = run / "train"
+    if is_checkpoint(folder / "generator"):
+        print(f"study: generator already trained ({folder / 'generator'})", flush=True)
+        return folder / "generator"
+    argv = ["--preset", PRESET, "--run-dir", str(folder), "--seed", str(config["seed"]), "--quiet"]
+    if config["small"]:
+        argv += ["--tasks", *config["in_domain"], "--epochs", "1", "--n-train", "4", "--valid-items", "2"]
+    if (folder / train_cli.CHECKPOINTS).exists() and any((folder / train_cli.CHECKPOINTS).glob("epoch-*")):
+        argv.append("--resume")
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    train_cli.main(parser.parse_args(argv))
+    return folder / "generator"
+
+
+def notebook_parameters(run: Path, config: dict[str, Any], generator: Path) -> dict[str, Any]:
+    params = {"model": config["model"], "encoder": config["encoder"], "tasks": config["in_domain"],
+              "unseen_tasks": config["unseen"], "n_test": config["n_test"], "n_icl": config["n_icl"],
+              "k": config["k"], "seed": config["seed"], "budget": config["budget"], "generator_dir": str(generator),
+              "dtype": config["dtype"]}
+    if config["small"]:
+        params.update(epochs=1, n_train=2)
+    return params
+
+
+def record_time(run: Path, stages: dict[str, float]) -> dict[str, Any]:
+    """Append this invocation's wall time per stage (and the machine's state) to ``study_time.json``."""
+    path = run / "study_time.json"
+    history = read_json(path, what="study_time.json") if path.exists() else []
+    entry = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": stages,
+             "total_seconds": round(sum(stages.values()), 1), "cpus": os.cpu_count(),
+             "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    atomic_write_json(path, [*history, entry])
+    return entry
+
+
+def print_summary(run: Path) -> None:
+    import pandas as pd
+
+    from workbench.cli.demo import print_summary as print_table
+
+    print_table(run)
+    tests = run / "02_paired_vs_zero_shot.csv"
+    if tests.exists():
+        df = pd.read_csv(tests)
+        keep = df[df["significant"] & (df["level"] == "average")]
+        print("\nsignificant paired differences to zero-shot (Holm, α = 0.05; in-domain / unseen averages):")
+        cols = ["method", "score", "name", "difference", "ci_low", "ci_high", "p_holm"]
+        print(keep[cols].round(3).to_string(index=False) if len(keep) else "  none")
+
+
+def main(args: argparse.Namespace) -> int:
+    from workbench.ui.notebooks import run_notebook
+
+    config = study_config(args)
+    run = Path(args.run_dir).expanduser().resolve()
+    open_study(run, config)
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    generator = train_generator(run, config)
+    stages["train_generator"] = round(time.perf_counter() - start, 1)
+    print(f"study: generator ready after {stages['train_generator']:.0f} s; running {NOTEBOOK} "
+          f"({len(config['in_domain'])} + {len(config['unseen'])} tasks, {config['n_test']} items × 9 variants)",
+          flush=True)
+    start = time.perf_counter()
+    info = run_notebook(NOTEBOOK, run, notebook_parameters(run, config, generator))
+    stages["notebook_02"] = round(time.perf_counter() - start, 1)
+    entry = record_time(run, stages)
+    print(f"\nstudy done in {entry['total_seconds']:.0f} s ({stages}); notebook: {info.get('html')}")
+    print_summary(run)
+    return 0
