@@ -32,8 +32,9 @@ CELL_TIMEOUT_S = 1200
 COMMON = {"encoder": "scratch:2x32", "seed": 1}
 PARAMS = {
     "01_train_generator.ipynb": {"tasks": TASKS, "n_train": 4, "epochs": 1, "lam": 0.5, "batch_size": 2},
-    "02_static_vs_adaptive.ipynb": {"unseen_tasks": ["glue_cola"], "n_test": 2, "epochs": 1, "n_train": 4},
-    "03_lambda_and_depth.ipynb": {"n_test": 2, "lambdas": [0.1, 1.0]},
+    "02_static_vs_adaptive.ipynb": {"unseen_tasks": ["glue_cola"], "n_test": 2, "n_icl": 1, "k": 2, "epochs": 1,
+                                    "n_train": 4},
+    "03_lambda_and_depth.ipynb": {"n_test": 2, "n_valid": 2, "lambdas": [0.1, 1.0]},
     "04_vector_geometry.ipynb": {"n_test": 6, "k": 2, "n_prompts": 2},
 }
 

@@ -59,6 +59,14 @@ class Selected(Method):
         return {**self.inner.config(), "selected_on_valid": self.choice, "fallback_tasks": list(self.fallback_tasks)}
 
 
+def best_point(curve: pd.DataFrame, score: str = "accuracy") -> Any:
+    """Index of the row of a sweep curve (``scale``, `score`) with the best score; ties: the smaller λ, then the
+    earlier row. The rule :func:`select_on_valid` applies, for curves computed elsewhere (notebook 03)."""
+    if curve.empty or not {"scale", score} <= set(curve.columns):
+        raise ValueError(f"need a non-empty curve with the columns 'scale' and {score!r}, got {list(curve.columns)}")
+    return curve.sort_values([score, "scale"], ascending=[False, True], kind="stable").index[0]
+
+
 def select_on_valid(
     lm: Any,
     make_method: MethodFactory,
@@ -91,7 +99,7 @@ def select_on_valid(
         rows.append({"scale": scale, "layers": key[1], "accuracy": 100 * float(df[score].mean()),
                      "label_accuracy": 100 * float(df["label_correct"].astype(float).mean()), "n": len(df)})
     curve = pd.DataFrame(rows)
-    best = curve.sort_values(["accuracy", "scale"], ascending=[False, True], kind="stable").index[0]
+    best = best_point(curve)
     curve["chosen"] = curve.index == best
     scale, layers = scales[best // len(layer_specs)], layer_specs[best % len(layer_specs)]
     choice = {"scale": scale, "layers": layer_label(layers), "score": score, "n_valid": n_valid,

@@ -82,10 +82,11 @@ def open_study(run: Path, config: dict[str, Any]) -> None:
         raise NotADirectoryError(f"--run-dir {str(run)!r} is a file, not a folder")
     if record.exists():
         old = read_json(record, required=("format",), what="the study.json that `python -m workbench study` writes")
-        for key, value in config.items():
-            if old.get(key) != value:
-                raise ValueError(f"--run-dir {str(run)!r} holds a study made with {key}={old.get(key)!r}, this run "
-                                 f"has {key}={value!r}; use another --run-dir, or rerun with the same settings")
+        diffs = [f"{key}={old.get(key)!r} (this run: {value!r})" for key, value in config.items()
+                 if old.get(key) != value]
+        if diffs:
+            raise ValueError(f"--run-dir {str(run)!r} holds a study made with {', '.join(diffs)}; use another "
+                             "--run-dir, or rerun with the same settings")
     elif run.exists() and any(run.iterdir()):
         raise FileExistsError(f"--run-dir {str(run)!r} exists and is not a study folder (no study.json); "
                               "choose another --run-dir")
