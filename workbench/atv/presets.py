@@ -115,7 +115,10 @@ presets: Presets = Presets(
         input_norm=True, zero_query_weights=True),
        "cpu-full": Preset(
         "cpu-full", "smollm2-135m", "minilm-l6", _in_domain(),
-        dataclasses.replace(CPU_DEMO_CONFIG, n_train=32, epochs=6),
+        # all prefixes kept across epochs: (32 train + 8 valid items) x 3 templates x 20 tasks x ~120 tokens x 46 KB of
+        # SmolLM2 keys/values per token is ~13 GB; with the default 2 GB budget most prefixes were recomputed every
+        # epoch (~6 min per epoch instead of ~1)
+        dataclasses.replace(CPU_DEMO_CONFIG, n_train=32, epochs=6, cache_budget_mb=14_000.0),
         description="embedded SmolLM2-135M + MiniLM-L6 as cpu-demo, all 20 in-domain tasks, 32 items each, 6 epochs "
                     "(what `python -m workbench study` trains)",
         input_norm=True, zero_query_weights=True)},

@@ -81,6 +81,10 @@ def check_seeds(seeds: int | Sequence[int]) -> list[int]:
 
 
 SPLITS = ("test", "valid")
+#: Memory for the prompt bodies of one task (``cache=True``; cleared after each task). 30 items x 3 templates of a
+#: 250-token task are ~1 GB of SmolLM2 keys/values, and LoRA keeps its own: a smaller budget silently loses the
+#: sharing across answer prefixes for the bodies that do not fit. Pass a BodyCache to choose another budget.
+TASK_CACHE_MB = 4096.0
 
 
 def sample_items(task: Task, n_test: int | None, seed: int, split: str = "test") -> list[int]:
@@ -349,7 +353,7 @@ def evaluate_many(
         check_n_test(m)
     if not (cache is True or cache is False or isinstance(cache, BodyCache)):
         raise ValueError(f"cache must be True, False or a BodyCache, got {cache!r}")
-    body_cache = BodyCache() if cache is True else (cache or None)
+    body_cache = BodyCache(TASK_CACHE_MB) if cache is True else (cache or None)
     data_path = next((str(t.path.parent) for t in task_list if t.path is not None), None)
     folders = {k: (run_dir if _own_folder else Path(run_dir) / k.replace(" ", "_")) if run_dir is not None else None
                for k in methods}
