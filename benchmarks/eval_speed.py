@@ -21,7 +21,7 @@ import time
 import torch
 
 import workbench as wb
-from workbench.core.inference import body_lengths, cached_next_token_logits, next_token_logits
+from workbench.core.inference import body_lengths, cached_next_token_logits, next_token_logits, shares_bodies
 from workbench.core.kv_cache import BodyCache
 from workbench.eval.compare import standard_methods
 from workbench.eval.evaluate import TASK_CACHE_MB, evaluate_many, variant_texts
@@ -39,7 +39,7 @@ def max_logit_difference(lm, method, tasks, n_items: int) -> tuple[float, bool]:
         for task in tasks:
             items = list(task.test[:n_items])
             prepared = [method.prepare(lm, task, items, variant_texts(task, items, t, p), 42) for t, p in variants()]
-            cacheable = [p for p in prepared if p.intervention is None or p.intervention.positions == "last"]
+            cacheable = [p for p in prepared if shares_bodies(p.intervention)]
             if not cacheable:
                 continue
             _, cuts = body_lengths(lm, [q for p in cacheable for q in p.prompts])

@@ -28,7 +28,15 @@ def interventions(lm, n):
         "shared": Injection(torch.randn(L, d), scale=0.5, layers="all"),
         "per-prompt": Injection(torch.randn(n, L, d), scale=0.5, layers="middle"),
         "replace": Replacement(torch.randn(L, d), layers=[1, 2]),
+        # I2CL: every token edited alike; bodies are computed under the edit
+        "context": ContextInjection(torch.randn(L, 2, d), coefs(L)),
+        "context, one vector repeated per prompt": ContextInjection(torch.randn(L, 2, d).expand(n, L, 2, d).clone(),
+                                                                   coefs(L)),
     }
+
+
+def coefs(L):
+    return torch.stack([torch.full((L, 2), 0.3), torch.full((L, 2), 0.9)], dim=-1)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -64,12 +72,29 @@ def test_zero_budget_keeps_nothing_and_still_agrees():
 
 
 def test_interventions_on_earlier_positions_are_refused():
+    """Only edits that are the same for every prompt at every token can share bodies."""
     lm = tiny_model("llama", texts=TEXTS)
-    L, d = lm.num_layers, lm.hidden_size
+    L, d, n = lm.num_layers, lm.hidden_size, len(TEXTS)
     for inj in (Injection(torch.randn(L, d), positions="all"),
-                ContextInjection(torch.randn(L, 2, d), torch.zeros(L, 2, 2), positions="all")):
+                ContextInjection(torch.randn(n, L, 2, d), coefs(L)),  # one vector per prompt
+                ContextInjection(torch.randn(L, 2, d), coefs(L), noise=0.1)):
         with pytest.raises(ValueError, match="only the last prompt token"):
             cached_next_token_logits(lm, TEXTS, inj)
+
+
+def test_edited_bodies_are_kept_apart_by_the_edit():
+    lm = tiny_model("llama", texts=TEXTS)
+    L, d = lm.num_layers, lm.hidden_size
+    cache = BodyCache(16)
+    cached_next_token_logits(lm, TEXTS, cache=cache)
+    plain_misses = cache.misses
+    a, b = (ContextInjection(torch.randn(L, 2, d), coefs(L)) for _ in range(2))
+    for inj in (a, b):
+        out = cached_next_token_logits(lm, TEXTS, inj, cache=cache)
+        assert torch.allclose(out, next_token_logits(lm, TEXTS, inj), atol=1e-5, rtol=0)
+    assert cache.misses == 3 * plain_misses  # neither the plain bodies nor a's were reused for b
+    cached_next_token_logits(lm, TEXTS, ContextInjection(a.vectors.clone(), a.coefs.clone()), cache=cache)
+    assert cache.misses == 3 * plain_misses  # the same edit (by content) reuses a's bodies
 
 
 def test_shared_bodies_is_the_longest_prefix_shared_with_another_prompt():

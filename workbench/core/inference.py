@@ -210,6 +210,20 @@ def edits_last_token_only(intervention: Intervention | None) -> bool:
     return intervention is None or as_intervention(intervention).positions == "last"
 
 
+def body_edit(intervention: Intervention | None) -> tuple[Hashable, Intervention] | None:
+    """(key, edit) when `intervention` edits every token identically for every prompt (I2CL's context vectors):
+    bodies computed under the edit are shared too, kept apart by the key; None otherwise."""
+    if intervention is None or edits_last_token_only(intervention):
+        return None
+    method = getattr(intervention, "body_edit", None)
+    return method() if callable(method) else None
+
+
+def shares_bodies(intervention: Intervention | None) -> bool:
+    """Whether shared-prefix evaluation can run `intervention` (last-token edits, or a shareable body edit)."""
+    return edits_last_token_only(intervention) or body_edit(intervention) is not None
+
+
 def tokenize(lm: LanguageModel, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids of `prompts` exactly as :func:`workbench.core.inference.encode` makes them (same BOS rule)."""
     add = any(add_bos(lm.tokenizer, p) for p in prompts)
@@ -245,15 +259,18 @@ def cached_next_token_logits(
 
     Bodies are the longest token prefixes the prompts of this call share (:func:`shared_bodies`), or the lengths
     `bodies` computed by :func:`body_lengths` over a larger group (e.g. all variants of a batch of items). The
-    intervention must edit only the last prompt token (``positions="last"``); its rows are the prompts' indices.
+    intervention must edit only the last prompt token (``positions="last"``), or every token alike for every prompt
+    (:func:`body_edit`: bodies are then computed under the edit, kept apart by its key, and the tail is edited at
+    every token); its rows are the prompts' indices.
     Runs without autograd. `scope` keeps bodies of models whose weights differ apart; `owner` names the caller (see
     :class:`~workbench.core.kv_cache.BodyCache`).
     """
     prompts = check_prompts(prompts)
-    if not edits_last_token_only(intervention):
+    edit = body_edit(intervention)
+    if not edits_last_token_only(intervention) and edit is None:
         raise ValueError("cached logits need an intervention that edits only the last prompt token "
-                         f"(positions='last'); got {type(intervention).__name__} with positions="
-                         f"{intervention.positions!r}: use cache=False")
+                         f"(positions='last') or every token alike for every prompt; got {type(intervention).__name__}"
+                         f" with positions={intervention.positions!r}: use cache=False")
     if intervention is not None:
         intervention.check(lm, len(prompts))
     cache = cache if cache is not None else BodyCache(0)
@@ -267,7 +284,7 @@ def cached_next_token_logits(
         for rows in batches(len(prompts), batch_size):
             idx = range(rows.start, rows.stop)
             body_ids = [tuple(seqs[i][: cut[i]]) for i in idx]
-            kvs = cache.bodies(lm, body_ids, scope, owner)
+            kvs = cache.bodies(lm, body_ids, scope, owner, edit)
             tails = [seqs[i][cut[i]:] for i in idx]
             outputs.append(_tail_logits(lm, kvs, tails, intervention, rows, cache))
     return torch.cat(outputs).cpu()

@@ -16,8 +16,10 @@ Contents:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
@@ -345,6 +347,21 @@ class ContextInjection:
                     new = new + torch.randn_like(new) * new.detach().norm(dim=-1, keepdim=True) * self.noise
                 new = h + mask * (new - h)
                 module.output = (new, *out[1:]) if isinstance(out, tuple) else new
+
+    def body_edit(self) -> tuple[Hashable, ContextInjection] | None:
+        """(key, the same edit for one row) when this edits every real token identically for every row (positions
+        "all", no noise, no gradients, one vector for the batch): then prompt bodies computed under that edit can be
+        shared across prompts (shared-prefix evaluation). The key is the content of vectors and coefficients."""
+        if self.positions != "all" or self.noise or self.requires_grad:
+            return None
+        cv = self.vectors if self.vectors.dim() == 3 else self.vectors[0]
+        if self.vectors.dim() == 4 and not bool((self.vectors == cv).all()):
+            return None
+        digest = hashlib.sha1()
+        for t in (cv, self.coefs):
+            digest.update(str(tuple(t.shape)).encode())
+            digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return ("i2cl_linear", digest.hexdigest()), ContextInjection(cv, self.coefs, "all")
 
     def describe(self) -> dict:
         return {"kind": "i2cl_linear", "modules": list(MODULES), "positions": self.positions,

@@ -53,10 +53,15 @@ def output_cache(output: Any) -> Any:
 
 
 @torch.no_grad()
-def prefix_kvs(lm: LanguageModel, seqs: Sequence[Sequence[int]], head: tuple[int, KV] | None = None) -> list[KV]:
+def prefix_kvs(lm: LanguageModel, seqs: Sequence[Sequence[int]], head: tuple[int, KV] | None = None,
+               edit: Any = None) -> list[KV]:
     """Keys/values of each of `seqs` at every layer: one right-padded forward pass without autograd (a real token
     attends only to earlier tokens, so the padding after it changes nothing). `head` = (n, kv of the first n
-    tokens, which every sequence shares), computed before: only the tokens after it are run."""
+    tokens, which every sequence shares), computed before: only the tokens after it are run. `edit`: an
+    intervention applied to every real token of the pass (the ``body_edit`` of an intervention that edits all
+    positions the same way for every row, e.g. I2CL's context vectors; it cannot be combined with `head`)."""
+    if edit is not None and head is not None:
+        raise ValueError("prefix_kvs: an edited pass cannot start from a shared head")
     n, head_kv = head if head is not None and head[0] > 0 else (0, None)
     out: list[KV | None] = [torch.empty(0) if not s else head_kv if len(s) == n else None for s in seqs]
     rows = [i for i, kv in enumerate(out) if kv is None]
@@ -74,9 +79,15 @@ def prefix_kvs(lm: LanguageModel, seqs: Sequence[Sequence[int]], head: tuple[int
         extra[cache_kwarg(lm.hf.base_model)] = DynamicCache(
             [(kv[0][None].expand(B, -1, -1, -1), kv[1][None].expand(B, -1, -1, -1)) for kv in head_kv],
             config=lm.hf.config)
-    # the decoder without its LM head: only keys/values are wanted
-    res = lm.hf.base_model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=True,
-                           position_ids=torch.arange(n, T, device=lm.device).repeat(B, 1), **extra)
+    position_ids = torch.arange(n, T, device=lm.device).repeat(B, 1)
+    if edit is None:  # the decoder without its LM head: only keys/values are wanted
+        res = lm.hf.base_model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=True,
+                               position_ids=position_ids, **extra)
+    else:  # through nnsight, the edit at every real token (right padding: the mask says which)
+        with lm.nn.trace(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=True,
+                         position_ids=position_ids, logits_to_keep=torch.tensor([T - 1])):
+            edit.apply(lm, slice(0, B), mask.to(lm.device))
+            res = lm.nn.output.save()
     layers = output_cache(res).layers
     if len({(layer.keys.shape, layer.values.shape) for layer in layers}) > 1:
         raise ValueError(f"{lm.name}: its layers cache keys/values of different shapes (e.g. sliding-window layers), "
@@ -153,9 +164,12 @@ class BodyCache:
         self._heads: dict[tuple[Hashable, tuple[int, ...]], KV] = {}
 
     def bodies(self, lm: LanguageModel, bodies: Sequence[tuple[int, ...]], scope: Hashable = None,
-               owner: Hashable = None) -> list[KV | None]:
+               owner: Hashable = None, edit: tuple[Hashable, Any] | None = None) -> list[KV | None]:
         """The caches of `bodies` (distinct or not): kept ones, the others computed in length-sorted batches of at
-        most `batch_tokens` tokens and kept while they fit; None for an empty body."""
+        most `batch_tokens` tokens and kept while they fit; None for an empty body. `edit` = (key, intervention):
+        bodies computed with that intervention at every token (:func:`prefix_kvs`), kept apart under `key`."""
+        if edit is not None:
+            scope = (scope, "edit", edit[0])
         out: dict[tuple[int, ...], KV] = {}
         todo = []
         for body in dict.fromkeys(b for b in bodies if b):
@@ -176,7 +190,8 @@ class BodyCache:
                 end += 1
             chunk = todo[start:end]
             began = time.perf_counter()
-            kvs = prefix_kvs(lm, chunk, self._head(lm, chunk, scope))
+            kvs = (prefix_kvs(lm, chunk, self._head(lm, chunk, scope)) if edit is None else
+                   prefix_kvs(lm, chunk, edit=edit[1]))
             self.body_seconds += time.perf_counter() - began
             seconds = (time.perf_counter() - began) / sum(len(b) for b in chunk)  # per token of the batch
             for body, kv in zip(chunk, kvs):

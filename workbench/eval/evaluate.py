@@ -45,7 +45,7 @@ from workbench.core.inference import (
     body_lengths,
     cached_next_token_logits,
     check_batch_size,
-    edits_last_token_only,
+    shares_bodies,
     next_token_logits,
 )
 from workbench.core.kv_cache import BodyCache
@@ -234,13 +234,14 @@ def evaluate_task(
 def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], texts: list[list[str]], seed: int,
                         cache: BodyCache) -> list[tuple[PreparedBatch, torch.Tensor, float]]:
     """Every variant of one batch of items with shared bodies: prepare all, find the bodies they share, run each
-    body once and only the tails per variant. A variant whose intervention edits earlier positions runs uncached.
+    body once and only the tails per variant. A variant whose intervention edits earlier positions runs uncached,
+    unless it edits every token alike for every prompt (I2CL: :func:`~workbench.core.inference.body_edit`).
     Latency per row = the group's wall time / its rows, plus the time of the bodies it read that another method
     had computed (so a method's latency does not depend on which method ran first)."""
     start, borrowed = time.perf_counter(), cache.borrowed_seconds
     n = len(items)
     prepared = [_check_batch(method.prepare(lm, task, items, t, seed), n, method) for t in texts]
-    cacheable = [edits_last_token_only(p.intervention) for p in prepared]
+    cacheable = [shares_bodies(p.intervention) for p in prepared]
     prompts = [q for p, ok in zip(prepared, cacheable) if ok for q in p.prompts]
     _, cuts = body_lengths(lm, prompts) if prompts else ([], [])
     scope = None if method.shares_model_weights else ("method", id(method))
