@@ -10,6 +10,7 @@ from test_static_tv import single_thread, texts_for, toy_lm, toy_tasks  # noqa: 
 
 import workbench.eval.evaluate as ev
 from workbench.eval.compare import compare
+from workbench.eval.runs import RunConfigMismatch
 from workbench.methods import ELICIT, I2CL, FewShot, LoRA, StaticTaskVector, ZeroShot
 from workbench.methods.fitted import FittedMismatch, fit_or_load
 
@@ -94,7 +95,7 @@ def test_max_items_runs_a_method_on_a_subset_of_the_others_items(tmp_path):
     assert "max_items" not in json.loads((tmp_path / "zero-shot" / "config.json").read_text())
     with pytest.raises(ValueError, match="max_items names 'BM25'"):
         ev.evaluate_many(lm, methods, tasks[:1], n_test=2, max_items={"BM25": 3}, progress=False)
-    with pytest.raises(ev.runs.RunConfigMismatch, match="max_items"):
+    with pytest.raises(RunConfigMismatch, match="max_items"):
         ev.evaluate_many(lm, methods, tasks[:2], n_test=6, templates=[0], prefixes=["A:"], progress=False,
                          max_items={"2-shot": 4}, run_dir=tmp_path)
 
