@@ -74,6 +74,17 @@ def test_compare_reloads_instead_of_refitting(tmp_path, monkeypatch):
     assert second["prediction"].tolist() == first["prediction"].tolist()
 
 
+@pytest.mark.parametrize("kind", ["elicit", "lora"])
+def test_a_method_already_fitted_finds_its_saved_fit(kind, tmp_path):
+    """Rerunning notebook 02's compare cell with the same (now fitted) method objects reloads instead of failing:
+    config entries that report what fit learned (LoRA's parameter count, ELICIT's threshold) are not settings."""
+    tasks, lm = toy_tasks(), toy_lm()
+    method = FACTORIES[kind]()
+    assert fit_or_load(method, lm, tasks[:2], tmp_path / "m")[1] is False
+    assert fit_or_load(method, lm, tasks[:2], tmp_path / "m")[1] is True  # config now holds fitted values
+    assert fit_or_load(FACTORIES[kind](), lm, tasks[:2], tmp_path / "m")[1] is True
+
+
 def test_subsample_items_is_a_seeded_subset():
     indices = [1, 4, 7, 9, 12, 20, 33]
     sub = ev.subsample_items(indices, 3, seed=42)

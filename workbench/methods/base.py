@@ -45,6 +45,9 @@ class Method:
     #: The attributes ``fit`` sets that are worth saving (:mod:`workbench.methods.fitted`: a study reloads them
     #: instead of refitting); empty for methods whose fit is cheap or saved elsewhere.
     fitted_attributes: tuple[str, ...] = ()
+    #: Entries of ``config()`` that report what ``fit`` learned (e.g. LoRA's trainable-parameter count), not a setting:
+    #: a saved fit is matched on the other entries, so it is found again before and after fitting alike.
+    fitted_config_keys: tuple[str, ...] = ()
 
     def fit(self, lm: "LanguageModel", train_tasks: TaskSpec) -> "Method":
         """Learn whatever the method needs from the train splits (no-op by default).

@@ -46,6 +46,7 @@ class ELICIT(Method):
 
     fitted_attributes = ("vectors", "sweeps", "best_layers", "entry_tasks", "entry_queries", "library", "index",
                          "threshold")
+    fitted_config_keys = ("threshold_value",)
 
     name = "elicit"
 

@@ -36,8 +36,10 @@ def _plain(obj: Any) -> Any:
 
 
 def fit_key(method: Method, lm: Any, tasks: Sequence[str]) -> dict[str, Any]:
-    """What a saved fit must match to be reused: the method's config, the model, the training tasks."""
-    return _plain({"method": method.config(), "model": lm.describe(), "tasks": list(tasks)})
+    """What a saved fit must match to be reused: the method's settings (its config without the entries that report
+    what fit learned, ``Method.fitted_config_keys``), the model, the training tasks."""
+    settings = {k: v for k, v in method.config().items() if k not in method.fitted_config_keys}
+    return _plain({"method": settings, "model": lm.describe(), "tasks": list(tasks)})
 
 
 def _check_folder(folder: Path) -> None:

@@ -64,6 +64,7 @@ class LoRA(Method):
     """peft LoRA on the query/value projections, attached only inside ``active(lm)`` (see the module docstring)."""
 
     fitted_attributes = ("state", "targets", "trainable_parameters", "losses")
+    fitted_config_keys = ("target_modules", "trainable_parameters")
 
     name = "lora"
     shares_model_weights = False  # the adapter changes the model: prompt bodies are cached per LoRA instance
