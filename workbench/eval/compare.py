@@ -16,6 +16,7 @@ import pandas as pd
 
 from workbench.eval.efficiency import efficiency_table
 from workbench.eval.evaluate import evaluate_many
+from workbench.eval.runs import label_folder
 from workbench.eval.tables import summarize
 from workbench.methods import ATV, ELICIT, I2CL, BM25FewShot, FewShot, LoRA, StaticTaskVector, ZeroShot
 from workbench.methods.base import Method
@@ -102,7 +103,7 @@ def compare(
     fit_seconds: dict[str, float] = {}
     reloaded: dict[str, bool] = {}
     for name, method in methods.items():
-        folder = Path(fit_dir) / name.replace(" ", "_") if fit_dir is not None else None
+        folder = label_folder(fit_dir, name) if fit_dir is not None else None
         fit_seconds[name], reloaded[name] = fit_or_load(method, lm, train_list, folder)
     # task by task, every method on the same items; prompt bodies shared across methods (workbench.eval.evaluate)
     evaluated = evaluate_many(lm, methods, eval_list, run_dir=run_dir, data_dir=data_dir, **evaluate_kwargs)

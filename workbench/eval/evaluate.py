@@ -32,7 +32,6 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +51,7 @@ from workbench.core.kv_cache import BodyCache
 from workbench.core.tokens import count_tokens
 from workbench.eval.efficiency import PeakMemory
 from workbench.eval.method_run import MethodRun
+from workbench.eval.runs import label_folder
 from workbench.eval.scoring import score_logits
 from workbench.methods.base import Method, PreparedBatch
 from workbench.tasks.answers import label_token_ids, target_first_token
@@ -356,7 +356,7 @@ def evaluate_many(
         raise ValueError(f"cache must be True, False or a BodyCache, got {cache!r}")
     body_cache = BodyCache(TASK_CACHE_MB) if cache is True else (cache or None)
     data_path = next((str(t.path.parent) for t in task_list if t.path is not None), None)
-    folders = {k: (run_dir if _own_folder else Path(run_dir) / k.replace(" ", "_")) if run_dir is not None else None
+    folders = {k: (run_dir if _own_folder else label_folder(run_dir, k)) if run_dir is not None else None
                for k in methods}
     state = {k: MethodRun(lm, m, [t.name for t in task_list],
                           (n_test, templates, prefixes, seed_list, batch_size, split, limits.get(k)), data_path,

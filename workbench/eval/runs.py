@@ -52,6 +52,12 @@ CONFIG_WHAT = "the config.json that workbench.evaluate writes into a run directo
 EFFICIENCY_WHAT = "the efficiency.json that workbench.evaluate writes into a run directory"
 
 
+def label_folder(root: str | os.PathLike, label: str) -> Path:
+    """The folder of one method's label under `root` (``"static TV"`` -> ``root/static_TV``): evaluation results
+    (``evaluate_many``) and saved fits (``compare(fit_dir=)``) are filed the same way."""
+    return Path(root) / label.replace(" ", "_")
+
+
 class RunConfigMismatch(ValueError):
     """The run directory was created with a different configuration."""
 
