@@ -61,8 +61,12 @@ def test_evaluate_many_shares_bodies_across_methods_but_not_with_lora():
     alone = {k: evaluate(lm, m, tasks[:1], cache=False, **kwargs) for k, m in chosen.items()}
     for k in chosen:
         same_rows(many[k], alone[k])
-    # zero-shot computed the 3 bodies; static TV and ATV reused them; LoRA computed its own
-    assert cache.misses == 3 + 3 and cache.hits >= 2 * 9
+    # zero-shot computed the 3 bodies and the 9 prompts but their last token; static TV and ATV reused them and ran
+    # one token per prompt; LoRA (other weights) computed its own 3 bodies and ran its whole tails
+    assert cache.misses == 3 + 9 + 3 and cache.hits >= 2 * 9
+    alone_cache = BodyCache(64)
+    evaluate(lm, chosen["atv"], tasks[:1], cache=alone_cache, **kwargs)
+    assert alone_cache.misses == 3  # one method alone keeps only bodies: no other method would read the rest
 
 
 def test_cache_argument_is_checked():

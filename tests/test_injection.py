@@ -299,3 +299,22 @@ def test_lone_surrogate_is_a_clear_error(llama_lm):
         wb.next_token_logits(llama_lm, ["hello", "bad \ud800 text"])
     with pytest.raises(ValueError, match="prompt 0 is not valid text"):
         wb.last_token_states(llama_lm, ["\udfff"])
+
+
+def test_stacked_injections_edit_every_row_exactly_as_alone(tiny_lm):
+    """Variants joined into one pass (shared-prefix evaluation): each row's logits are bit-identical to its part's."""
+    from workbench.core.interventions import Replacement, stack_injections, stackable
+    torch.manual_seed(2)
+    L, d, n = tiny_lm.num_layers, tiny_lm.hidden_size, len(PROMPTS)
+    parts = [None, wb.Injection(torch.randn(L, d), scale=0.7, layers=[1]),
+             wb.Injection(torch.randn(n, L, d), scale=0.2, layers="top"), None]
+    joined = stack_injections([(x, n) for x in parts], L)
+    every = wb.next_token_logits(tiny_lm, PROMPTS * len(parts), joined, batch_size=n)
+    for j, x in enumerate(parts):
+        assert torch.equal(every[j * n: (j + 1) * n], wb.next_token_logits(tiny_lm, PROMPTS, x, batch_size=n)), j
+    assert stack_injections([(None, n)] * 2, L) is None
+    refused = [Replacement(torch.randn(L, d)), wb.Injection(torch.randn(L, d), positions="all")]
+    for x in refused:
+        assert not stackable([None, x])
+        with pytest.raises(ValueError, match="only None and last-token Injections"):
+            stack_injections([(x, n)], L)

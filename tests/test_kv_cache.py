@@ -45,10 +45,11 @@ def test_cached_equals_uncached(arch):
     cache = BodyCache(16)
     for name, inj in interventions(lm, len(TEXTS)).items():
         plain = next_token_logits(lm, TEXTS, inj, batch_size=4)
-        for batch_size in (3, 8):
-            cached = cached_next_token_logits(lm, TEXTS, inj, cache=cache, batch_size=batch_size)
+        for batch_size, share_tails in itertools.product((3, 8), (False, True)):
+            cached = cached_next_token_logits(lm, TEXTS, inj, cache=cache, batch_size=batch_size,
+                                              share_tails=share_tails)
             assert torch.allclose(cached, plain, atol=1e-5, rtol=0), (arch, name, (cached - plain).abs().max())
-            assert torch.equal(cached.argmax(-1), plain.argmax(-1))
+            assert torch.equal(cached.argmax(-1), plain.argmax(-1)), (arch, name, share_tails)
     assert cache.hits > 0 and cache.stats()["tail_tokens_run"] < sum(len(s) for s in tokenize(lm, TEXTS)) * 8
 
 
@@ -151,3 +152,16 @@ def test_cached_equals_uncached_on_the_embedded_model():
     plain = next_token_logits(lm, texts, inj, batch_size=6)
     cached = cached_next_token_logits(lm, texts, inj, cache=BodyCache(256), batch_size=6)
     assert (cached - plain).abs().max() < 1e-4 and torch.equal(cached.argmax(-1), plain.argmax(-1))
+
+
+def test_shared_tails_run_one_token_per_prompt_once_kept():
+    """With share_tails the prompts but their last token are kept: a second method runs one token per prompt."""
+    lm = tiny_model("llama", texts=TEXTS)
+    cache = BodyCache(16)
+    first = cached_next_token_logits(lm, TEXTS, cache=cache, share_tails=True)
+    misses, tails = cache.misses, cache.tail_tokens
+    inj = Injection(torch.randn(len(TEXTS), lm.num_layers, lm.hidden_size), scale=0.5)
+    second = cached_next_token_logits(lm, TEXTS, inj, cache=cache, share_tails=True)
+    assert cache.misses == misses and cache.tail_tokens - tails == len(TEXTS)
+    assert torch.allclose(first, next_token_logits(lm, TEXTS), atol=1e-5, rtol=0)
+    assert torch.allclose(second, next_token_logits(lm, TEXTS, inj), atol=1e-5, rtol=0)

@@ -58,11 +58,11 @@ def test_small_study_runs_end_to_end_and_resumes(tmp_path, capsys):
     argv = ["study", "--small", "--n-test", "2", "--n-icl", "1", "--run-dir", str(run)]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "study done" in out and "BM25 2-shot" in out
+    assert "study done" in out and "BM25 1-shot" in out
     results = __import__("pandas").read_csv(run / "02_results.csv")
     assert results["method"].nunique() == 8 and results["task"].nunique() == 3
     per_item = results.groupby("method")["item"].nunique()
-    assert per_item["2-shot"] < per_item["zero-shot"]  # k-shot on the subset
+    assert per_item["1-shot"] < per_item["zero-shot"]  # k-shot on the subset
     fitted = sorted(p.name for p in (run / "fitted").iterdir())
     assert fitted == ["ELICIT", "I2CL", "LoRA", "static_TV"]
     assert cli.main(argv) == 0  # resumed: nothing refitted or re-evaluated

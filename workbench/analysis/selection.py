@@ -39,6 +39,7 @@ class Selected(Method):
         self.inner, self.choice, self.fallback_tasks = inner, dict(choice), tuple(fallback_tasks)
         self.name = inner.name
         self.shares_model_weights = inner.shares_model_weights
+        self.reads_plain_queries = inner.reads_plain_queries
         self._zero_shot = ZeroShot()
 
     def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str],

@@ -1,6 +1,6 @@
 """``python -m workbench study``: the paper's protocol on the embedded default, in one resumable command.
 
-    python -m workbench study [--run-dir runs/study] [--n-test 30] [--n-icl 10] [--k 2] [--dtype bfloat16]
+    python -m workbench study [--run-dir runs/study] [--n-test 30] [--n-icl 10] [--k 1] [--dtype bfloat16]
 
 1. trains the ATV generator on all 20 in-domain tasks with the ``cpu-full`` preset into ``<run-dir>/train/``
    (:mod:`workbench.cli.train`; resumed from its per-epoch checkpoints);
@@ -34,7 +34,7 @@ from workbench.core.files import atomic_write_json, package_versions, read_json
 MARKER = "workbench-study"
 PRESET = "cpu-full"
 BUDGET = "cpu-demo"
-DEFAULTS = {"n_test": 30, "n_icl": 10, "k": 2, "seed": 42, "dtype": "bfloat16"}
+DEFAULTS = {"n_test": 30, "n_icl": 10, "k": 1, "seed": 42, "dtype": "bfloat16"}
 #: Lower bounds of the protocol (issue 14): the vector/fine-tuning methods and ATV need >= 30 items per task for an
 #: interval worth reading, the prompt baselines >= 10.
 MIN_ITEMS = {"n_test": 30, "n_icl": 10}

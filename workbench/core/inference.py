@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 
 from workbench.core.interventions import Intervention, as_intervention
-from workbench.core.kv_cache import KV, BodyCache, cache_kwarg, collate, output_cache, shared_bodies
+from workbench.core.kv_cache import KV, BodyCache, cache_kwarg, output_cache, shared_bodies, tail_inputs
 from workbench.core.tokens import add_bos
 from workbench.core.tokens import check_text
 
@@ -254,6 +254,7 @@ def cached_next_token_logits(
     batch_size: int = 8,
     bodies: Sequence[int] | None = None,
     owner: Hashable = None,
+    share_tails: bool = False,
 ) -> torch.Tensor:
     """Logits ``[B, V]`` at the last prompt token, like ``next_token_logits``, with every shared body run once.
 
@@ -263,7 +264,9 @@ def cached_next_token_logits(
     (:func:`body_edit`: bodies are then computed under the edit, kept apart by its key, and the tail is edited at
     every token); its rows are the prompts' indices.
     Runs without autograd. `scope` keeps bodies of models whose weights differ apart; `owner` names the caller (see
-    :class:`~workbench.core.kv_cache.BodyCache`).
+    :class:`~workbench.core.kv_cache.BodyCache`). ``share_tails=True`` (last-token interventions only) also keeps
+    each whole prompt but its last token, computed from its body: other methods that read the same prompts then run
+    one token per prompt (:func:`evaluate_many` sets it when several methods read the same queries).
     """
     prompts = check_prompts(prompts)
     edit = body_edit(intervention)
@@ -286,28 +289,19 @@ def cached_next_token_logits(
             body_ids = [tuple(seqs[i][: cut[i]]) for i in idx]
             kvs = cache.bodies(lm, body_ids, scope, owner, edit)
             tails = [seqs[i][cut[i]:] for i in idx]
+            if share_tails and edit is None:  # everything but the last token does not depend on the intervention
+                kvs = cache.extend(lm, body_ids, kvs, [tuple(seqs[i][:-1]) for i in idx], scope, owner)
+                tails = [seqs[i][-1:] for i in idx]
             outputs.append(_tail_logits(lm, kvs, tails, intervention, rows, cache))
     return torch.cat(outputs).cpu()
 
 
 def _tail_logits(lm: LanguageModel, kvs: list[KV | None], tails: list[list[int]], intervention: Any, rows: slice,
                  cache: BodyCache) -> torch.Tensor:
-    body_cache, body_mask = collate(lm, kvs)
-    lengths = [0 if kv is None else kv.shape[3] for kv in kvs]
-    Tt = max(len(t) for t in tails)
-    ids = torch.full((len(tails), Tt), lm.tokenizer.pad_token_id, dtype=torch.long)
-    tail_mask = torch.zeros((len(tails), Tt), dtype=torch.long)
-    position_ids = torch.zeros((len(tails), Tt), dtype=torch.long)
-    for r, tail in enumerate(tails):
-        ids[r, Tt - len(tail):] = torch.tensor(tail)
-        tail_mask[r, Tt - len(tail):] = 1
-        position_ids[r, Tt - len(tail):] = torch.arange(lengths[r], lengths[r] + len(tail))
-        cache.tail_tokens += len(tail)
-    attention_mask = torch.cat([body_mask, tail_mask], dim=1).to(lm.device)
+    body_cache, inputs, tail_mask = tail_inputs(lm, kvs, tails)
+    cache.tail_tokens += sum(len(t) for t in tails)
     kwargs = {cache_kwarg(lm.hf): body_cache} if body_cache is not None else {}
-    with lm.nn.trace(input_ids=ids.to(lm.device), attention_mask=attention_mask,
-                     position_ids=position_ids.to(lm.device), use_cache=True, logits_to_keep=torch.tensor([Tt - 1]),
-                     **kwargs):
+    with lm.nn.trace(**inputs, use_cache=True, logits_to_keep=torch.tensor([tail_mask.shape[1] - 1]), **kwargs):
         if intervention is not None:  # the trace sees only the tail tokens: their mask says where "last" is
             intervention.apply(lm, rows, tail_mask.to(lm.device))
         logits = lm.nn.output.logits.save()

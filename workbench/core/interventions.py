@@ -252,6 +252,31 @@ class MaskedInjection(Injection):
         return {**super().describe(), "positions": "mask"}
 
 
+def stackable(interventions: Sequence[Any]) -> bool:
+    """Whether :func:`stack_injections` can join these (each None or a plain last-token :class:`Injection`)."""
+    return all(x is None or (type(x) is Injection and x.positions == "last") for x in interventions)
+
+
+def stack_injections(parts: Sequence[tuple[Injection | None, int]], num_layers: int) -> Injection | None:
+    """One last-token Injection for the prompts of several (intervention, number of prompts) parts, in order: each
+    row gets its part's ``scale * v``, zero at the layers its part does not edit (adding zero changes nothing, so
+    every row is edited exactly as alone); None when no part edits. Lets one forward pass run several variants."""
+    if not stackable([x for x, _ in parts]):
+        raise ValueError("stack_injections joins only None and last-token Injections")
+    if all(x is None for x, _ in parts):
+        return None
+    ref = next(x for x, _ in parts if x is not None).vectors
+    rows, layers = [], set()
+    for x, n in parts:
+        v = torch.zeros((n, *ref.shape[-2:]), dtype=torch.float32)
+        if x is not None:
+            used = resolve_layers(x.layers, num_layers)
+            layers.update(used)
+            v[:, used] = (x.scale * (x.vectors if x.batched else x.vectors.expand(n, -1, -1))[:, used]).float()
+        rows.append(v)
+    return Injection(torch.cat(rows), scale=1.0, layers=sorted(layers), positions="last")
+
+
 # --------------------------------------------------------------------------------------------- replacement
 class Replacement:
     """``h_l <- v_l`` at the last prompt token of the blocks in `layers` (vectors ``[L, d]``)."""

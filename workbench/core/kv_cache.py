@@ -8,6 +8,8 @@ Module contents:
   after a head they all share, computed before).
 - :func:`collate`: per-sequence caches -> one left-padded ``DynamicCache`` and its mask.
 - :func:`shared_bodies`: per prompt, the longest token prefix it shares with another prompt of the same call.
+- :func:`tail_inputs`: the left-padded inputs of tail tokens run after their (collated) bodies.
+- :func:`extend_kvs`: keys/values of bodies extended by more tokens (the prompt but its last token, from its body).
 - :class:`BodyCache`: body caches by token prefix within a memory budget, shareable across methods.
 
 :func:`workbench.core.inference.cached_next_token_logits` uses them: next-token logits equal to
@@ -137,6 +139,38 @@ def shared_bodies(seqs: Sequence[Sequence[int]], min_tail: int = 1) -> list[int]
     return [max(0, min(c, len(s) - min_tail)) for c, s in zip(common, seqs)]
 
 
+def tail_inputs(lm: LanguageModel, kvs: Sequence[KV | None], tails: Sequence[Sequence[int]],
+                ) -> tuple[DynamicCache | None, dict[str, torch.Tensor], torch.Tensor]:
+    """(collated body cache, model inputs, tail mask ``[B, Tt]``) for running `tails` after their bodies: tails left
+    padded after the left-padded bodies, position ids counting each row's real tokens, so the last column is every
+    row's last token."""
+    body_cache, body_mask = collate(lm, kvs)
+    lengths = [0 if kv is None or not kv.numel() else kv.shape[3] for kv in kvs]
+    Tt = max(len(t) for t in tails)
+    ids = torch.full((len(tails), Tt), lm.tokenizer.pad_token_id, dtype=torch.long)
+    tail_mask = torch.zeros((len(tails), Tt), dtype=torch.long)
+    position_ids = torch.zeros((len(tails), Tt), dtype=torch.long)
+    for r, tail in enumerate(tails):
+        ids[r, Tt - len(tail):] = torch.tensor(list(tail))
+        tail_mask[r, Tt - len(tail):] = 1
+        position_ids[r, Tt - len(tail):] = torch.arange(lengths[r], lengths[r] + len(tail))
+    inputs = {"input_ids": ids.to(lm.device), "attention_mask": torch.cat([body_mask, tail_mask], dim=1).to(lm.device),
+              "position_ids": position_ids.to(lm.device)}
+    return body_cache, inputs, tail_mask
+
+
+@torch.no_grad()
+def extend_kvs(lm: LanguageModel, kvs: Sequence[KV | None], tails: Sequence[Sequence[int]]) -> list[KV]:
+    """Keys/values of each body (`kvs`, None: no tokens) followed by its tail: one forward pass of the tails on the
+    decoder without its LM head and without autograd (an intervention at a later token cannot change them)."""
+    body_cache, inputs, _ = tail_inputs(lm, kvs, tails)
+    extra = {cache_kwarg(lm.hf.base_model): body_cache} if body_cache is not None else {}
+    res = lm.hf.base_model(**inputs, use_cache=True, **extra)
+    full = torch.stack([torch.stack([layer.keys, layer.values]) for layer in output_cache(res).layers])
+    real = inputs["attention_mask"].bool().to(full.device)  # [B, T]: each row's real tokens, in order
+    return [full[:, :, r, :, real[r]].clone() for r in range(len(tails))]
+
+
 def check_budget(budget_mb: float, batch_tokens: int, name: str = "budget_mb") -> tuple[int, int]:
     """(budget in bytes, batch_tokens) after checking both; ValueError naming the bad value otherwise."""
     if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or not budget_mb >= 0:
@@ -202,6 +236,44 @@ class BodyCache:
                     self.used += kv.nbytes
             start = end
         return [out[b] if b else None for b in bodies]
+
+    def extend(self, lm: LanguageModel, bodies: Sequence[tuple[int, ...]], kvs: Sequence[KV | None],
+               targets: Sequence[tuple[int, ...]], scope: Hashable = None, owner: Hashable = None) -> list[KV | None]:
+        """The caches of `targets`, each its body (of `bodies`, whose caches are `kvs`) followed by more tokens: kept
+        ones, the others run from their bodies (:func:`extend_kvs`, batches of at most `batch_tokens` tail tokens)
+        and kept while they fit. A target equal to its body is its body's cache."""
+        out: list[KV | None] = [kv if t == b else None for b, kv, t in zip(bodies, kvs, targets)]
+        todo: dict[tuple[int, ...], int] = {}  # target -> the first row that needs it
+        for r, (kv, target) in enumerate(zip(out, targets)):
+            if kv is not None or not target:
+                continue
+            kept = self._data.get((scope, target))
+            if kept is not None:
+                out[r] = kept[0]
+                self.hits += 1
+                if kept[2] != owner:
+                    self.borrowed_seconds += kept[1]
+            elif target not in todo:
+                todo[target] = r
+        self.misses += len(todo)
+        rows = list(todo.values())
+        step = max(1, self.batch_tokens // max([len(targets[r]) - len(bodies[r]) for r in rows] or [1]))
+        for start in range(0, len(rows), step):
+            chunk = rows[start: start + step]
+            began = time.perf_counter()
+            new = extend_kvs(lm, [kvs[r] for r in chunk], [targets[r][len(bodies[r]):] for r in chunk])
+            seconds = (time.perf_counter() - began) / len(chunk)
+            self.body_seconds += time.perf_counter() - began
+            for r, kv in zip(chunk, new):
+                out[r] = kv
+                self.body_tokens += len(targets[r]) - len(bodies[r])
+                if self.used + kv.nbytes <= self.budget:
+                    self._data[(scope, targets[r])] = (kv, seconds, owner)
+                    self.used += kv.nbytes
+        for r, target in enumerate(targets):  # a target repeated in this call
+            if out[r] is None and target:
+                out[r] = out[todo[target]]
+        return out
 
     def _head(self, lm: LanguageModel, chunk: Sequence[tuple[int, ...]], scope: Hashable) -> tuple[int, KV] | None:
         """The token prefix every body of `chunk` shares (e.g. the chat header and the template's instruction), run

@@ -47,6 +47,7 @@ from workbench.core.inference import (
     next_token_logits,
     shares_bodies,
 )
+from workbench.core.interventions import stack_injections, stackable
 from workbench.core.kv_cache import BodyCache
 from workbench.core.tokens import count_tokens
 from workbench.eval.efficiency import PeakMemory
@@ -85,6 +86,8 @@ SPLITS = ("test", "valid")
 #: 250-token task are ~1 GB of SmolLM2 keys/values, and LoRA keeps its own: a smaller budget silently loses the
 #: sharing across answer prefixes for the bodies that do not fit. Pass a BodyCache to choose another budget.
 TASK_CACHE_MB = 4096.0
+#: Rows x prompt tokens of one stacked tail pass (the variants of a batch run together; this bounds its keys/values).
+STACKED_TOKENS = 32768
 
 
 def sample_items(task: Task, n_test: int | None, seed: int, split: str = "test") -> list[int]:
@@ -202,11 +205,14 @@ def batch_rows(lm: Any, method: Method, task: Task, batch: BatchResult, answers:
 def evaluate_task(
     lm: Any, method: Method, task: Task, item_sets: dict[int, list[int]], variant_list: list[tuple[int, str]],
     batch_size: int = 8, progress: bool = True, cache: BodyCache | None = None, split: str = "test",
+    share_tails: bool = False,
 ) -> pd.DataFrame:
     """Rows for one task (call inside ``method.active(lm)``); `item_sets` maps seed -> indices into `split`.
 
     With a `cache`, the variants of each batch of items are prepared together and every shared prompt body runs
-    once (:mod:`workbench.core.kv_cache`); the rows are the same as without it, in the same order.
+    once (:mod:`workbench.core.kv_cache`); the rows are the same as without it, in the same order. `share_tails`:
+    also keep each prompt but its last token for other methods that read the same prompts (see
+    :func:`~workbench.core.inference.cached_next_token_logits`).
     """
     if task.labels:
         label_token_ids(lm.tokenizer, task.labels)  # clear error if two labels share their first token
@@ -220,7 +226,8 @@ def evaluate_task(
             indices = item_sets[seed][rows]
             items = [split_items[i] for i in indices]
             texts = [variant_texts(task, items, t_idx, prefix) for t_idx, prefix in variant_list]
-            runs_ = (run_variants_cached(lm, method, task, items, texts, seed, cache) if cache is not None else
+            runs_ = (run_variants_cached(lm, method, task, items, texts, seed, cache, share_tails)
+                     if cache is not None else
                      (run_batch(lm, method, task, items, t, seed) for t in texts))
             for v, (prepared, logits, latency) in enumerate(runs_):
                 t_idx, prefix = variant_list[v]
@@ -232,30 +239,44 @@ def evaluate_task(
 
 
 def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], texts: list[list[str]], seed: int,
-                        cache: BodyCache) -> list[tuple[PreparedBatch, torch.Tensor, float]]:
+                        cache: BodyCache, share_tails: bool = False) -> list[tuple[PreparedBatch, torch.Tensor, float]]:
     """Every variant of one batch of items with shared bodies: prepare all, find the bodies they share, run each
-    body once and only the tails per variant. A variant whose intervention edits earlier positions runs uncached,
-    unless it edits every token alike for every prompt (I2CL: :func:`~workbench.core.inference.body_edit`).
+    body once and only the tails. Variants whose edits are last-token injections (or none) run in one forward pass
+    (:func:`~workbench.core.interventions.stack_injections`: the model's weights are read once for all of them); a
+    variant whose intervention edits earlier positions runs uncached, unless it edits every token alike for every
+    prompt (I2CL: :func:`~workbench.core.inference.body_edit`).
     Latency per row = the group's wall time / its rows, plus the time of the bodies it read that another method
     had computed (so a method's latency does not depend on which method ran first)."""
     start, borrowed = time.perf_counter(), cache.borrowed_seconds
     n = len(items)
     prepared = [_check_batch(method.prepare(lm, task, items, t, seed), n, method) for t in texts]
-    cacheable = [shares_bodies(p.intervention) for p in prepared]
-    prompts = [q for p, ok in zip(prepared, cacheable) if ok for q in p.prompts]
-    _, cuts = body_lengths(lm, prompts) if prompts else ([], [])
+    cacheable = [v for v, p in enumerate(prepared) if shares_bodies(p.intervention)]
+    seqs, cuts = body_lengths(lm, [q for v in cacheable for q in prepared[v].prompts]) if cacheable else ([], [])
     scope = None if method.shares_model_weights else ("method", id(method))
-    out, used = [], 0
-    for p, ok in zip(prepared, cacheable):
-        if ok:
-            logits = cached_next_token_logits(lm, p.prompts, p.intervention, cache, scope, batch_size=n,
-                                              bodies=cuts[used: used + n], owner=id(method))
-            used += n
-        else:
-            logits = next_token_logits(lm, p.prompts, injection=p.intervention, batch_size=n)
-        out.append([p, logits])
+    kwargs = dict(cache=cache, scope=scope, owner=id(method), share_tails=share_tails)
+    logits: dict[int, torch.Tensor] = {}
+    if len(cacheable) > 1 and stackable([prepared[v].intervention for v in cacheable]):
+        joined = stack_injections([(prepared[v].intervention, n) for v in cacheable], lm.num_layers)
+        rows = max(n, STACKED_TOKENS // max(len(q) for q in seqs))
+        every = cached_next_token_logits(lm, [q for v in cacheable for q in prepared[v].prompts], joined,
+                                         batch_size=rows, bodies=cuts, **kwargs)
+        logits = {v: every[j * n: (j + 1) * n] for j, v in enumerate(cacheable)}
+    else:
+        for j, v in enumerate(cacheable):
+            logits[v] = cached_next_token_logits(lm, prepared[v].prompts, prepared[v].intervention, batch_size=n,
+                                                 bodies=cuts[j * n: (j + 1) * n], **kwargs)
+    for v, p in enumerate(prepared):
+        if v not in logits:
+            logits[v] = next_token_logits(lm, p.prompts, injection=p.intervention, batch_size=n)
     latency = (time.perf_counter() - start + cache.borrowed_seconds - borrowed) / (n * len(texts))
-    return [(p, logits, latency) for p, logits in out]
+    return [(p, logits[v], latency) for v, p in enumerate(prepared)]
+
+
+def _tail_sharing(methods: Mapping[str, Method]) -> dict[str, bool]:
+    """Per label, whether another method reads the same prompts under the same weights (frozen model, plain
+    queries): then each prompt but its last token is kept for all of them."""
+    plain = [k for k, m in methods.items() if m.shares_model_weights and m.reads_plain_queries]
+    return {k: len(plain) > 1 and k in plain for k in methods}
 
 
 def warn_bad_logits(parts: Sequence[pd.DataFrame], method: Method) -> None:
@@ -362,6 +383,7 @@ def evaluate_many(
                           (n_test, templates, prefixes, seed_list, batch_size, split, limits.get(k)), data_path,
                           folders[k])
              for k, m in methods.items()}
+    share_tails = _tail_sharing(methods)
     with tqdm(total=len(task_list) * len(methods), desc=" + ".join(m.name for m in methods.values()),
               disable=not progress) as bar:
         for task in task_list:
@@ -372,7 +394,7 @@ def evaluate_many(
                     items = {s: subsample_items(ix, limits.get(label), s) for s, ix in item_sets.items()}
                     with method.active(lm), PeakMemory(lm.device) as mem:
                         part = evaluate_task(lm, method, task, items, variant_list, batch_size, progress,
-                                             body_cache, split)
+                                             body_cache, split, share_tails[label])
                     run.add(task, part, mem.result)
                 bar.update(1)
             if cache is True:

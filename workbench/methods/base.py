@@ -42,6 +42,9 @@ class Method:
     #: Whether the large model keeps its frozen weights while the method is active (LoRA: False). Then the keys and
     #: values of a prompt body are the same for this method as for any other (shared-prefix evaluation).
     shares_model_weights: bool = True
+    #: Whether ``prepare``'s prompts are the rendered queries alone (no demonstrations), the texts every such method
+    #: reads: shared-prefix evaluation of several methods then computes each prompt but its last token once for all.
+    reads_plain_queries: bool = True
     #: The attributes ``fit`` sets that are worth saving (:mod:`workbench.methods.fitted`: a study reloads them
     #: instead of refitting); empty for methods whose fit is cheap or saved elsewhere.
     fitted_attributes: tuple[str, ...] = ()

@@ -77,6 +77,7 @@ class FewShot(Method):
     """k random demonstrations from the task's train split before the query (see the module docstring)."""
 
     name = "few-shot"
+    reads_plain_queries = False  # its demonstrations make every prompt its own
     #: which end of the demonstration list is dropped first on overflow: "last" (random) or "first" (BM25)
     drop_from = "last"
 
