@@ -293,7 +293,8 @@ def test_resumed_rows_without_chat_columns_get_them(lm, tasks, tmp_path):
 
 def test_evaluate_task_steps_compose_to_the_rows(lm, tasks):
     """The named steps of evaluate_task (sample, variant texts, run one batch, score, assemble) give its rows."""
-    from workbench.eval.evaluate import AnswerTokens, BatchResult, batch_rows, run_batch, score_row, variant_texts
+    from workbench.eval.evaluate import BatchResult, batch_rows, run_batch, variant_texts
+    from workbench.eval.scoring import AnswerTokens, score_row
 
     task, method = tasks[0], FewShot(k=2)
     df = evaluate(lm, method, [task], n_test=3, templates=[1], prefixes=["A:"], seeds=(7,), progress=False)

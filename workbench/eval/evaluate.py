@@ -22,7 +22,8 @@ RuntimeWarning per :func:`evaluate` call naming the number of rows and the tasks
 
 One row per item x variant x seed. Latency of a row = wall time of its batch (``prepare`` + forward) / batch size.
 Steps of one task (:func:`evaluate_task`): :func:`sample_items` per seed, :func:`variant_texts` per variant,
-:func:`run_batch` (prepare + forward), :func:`score_row`, :func:`batch_rows` (assemble the rows).
+:func:`run_batch` (prepare + forward), :func:`~workbench.eval.scoring.score_row`, :func:`batch_rows` (assemble the
+rows).
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ from workbench.core.tokens import count_tokens
 from workbench.eval.efficiency import PeakMemory
 from workbench.eval.method_run import MethodRun
 from workbench.eval.runs import label_folder
-from workbench.eval.scoring import score_logits
+from workbench.eval.scoring import AnswerTokens, score_row
 from workbench.methods.base import Method, PreparedBatch
-from workbench.tasks.answers import label_token_ids, target_first_token
+from workbench.tasks.answers import label_token_ids
 from workbench.tasks.prompts import build_text, variants
 from workbench.tasks.registry import Task, TaskSpec, resolve_tasks
 
@@ -119,23 +120,6 @@ def _check_batch(batch: Any, n: int, method: Method) -> PreparedBatch:
 
 
 # ----------------------------------------------------------------------------------------------- one task
-class AnswerTokens:
-    """First token of ``" " + output`` after a prompt (``target_first_token``), cached on the prompt's end."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self._cache: dict[tuple[str, str], int] = {}
-
-    def __call__(self, output: str, prompt: str) -> int:
-        key = (prompt[-64:], output)  # the token only depends on the prompt's end
-        if key not in self._cache:
-            self._cache[key] = target_first_token(self.tokenizer, output, prompt=prompt)
-        return self._cache[key]
-
-    def decode(self, token_id: int | None) -> str | None:
-        return None if token_id is None else self.tokenizer.decode([int(token_id)])
-
-
 @dataclass
 class BatchResult:
     """One batch of test items in one variant: what the method prepared and the model's next-token logits."""
@@ -163,22 +147,6 @@ def run_batch(lm: Any, method: Method, task: Task, items: list[Any], texts: list
     prepared = _check_batch(method.prepare(lm, task, items, texts, seed), n, method)
     logits = next_token_logits(lm, prepared.prompts, injection=prepared.intervention, batch_size=n)
     return prepared, logits, (time.perf_counter() - start) / n
-
-
-def score_row(answers: AnswerTokens, task: Task, item: Any, prompt: str, logits: torch.Tensor) -> dict[str, Any]:
-    """Official and loose scores of one row (``logits`` ``[V]``; target and label tokens in the prompt's context)."""
-    target = answers(item.output, prompt)
-    label_ids = [answers(lab, prompt) for lab in task.labels]
-    scores = {key: values[0] for key, values in score_logits(logits[None], [target], label_ids or None).items()}
-    pred, target_text = answers.decode(scores["prediction"]), answers.decode(target)
-    pred_word = pred.strip() if pred is not None else ""
-    label_words = {answers.decode(i).strip() for i in label_ids}
-    return {
-        "target_token": target_text, "prediction": pred, "correct": bool(scores["correct"]),
-        "label_prediction": answers.decode(scores["label_prediction"]), "label_correct": scores["label_correct"],
-        "in_labels": scores["in_labels"], "correct_loose": bool(pred_word) and pred_word == target_text.strip(),
-        "in_labels_loose": pred_word in label_words if task.labels else None, "bad_logits": bool(scores["bad_logits"]),
-    }
 
 
 def batch_rows(lm: Any, method: Method, task: Task, batch: BatchResult, answers: AnswerTokens) -> list[dict[str, Any]]:

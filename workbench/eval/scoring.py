@@ -20,14 +20,23 @@ Target tokens: the official ``get_answer_id(query, answer)`` takes the tokens th
 it encodes ``" " + output`` without special tokens, and if the first piece is a bare space (SentencePiece
 tokenizers such as Llama-2 / Mistral split " A" into "▁" + "A" when encoded alone) it encodes it after ``"A:"``
 instead, which is what the token is in context.
+
+One result row's scores: :func:`score_row` (official, loose and label-restricted), with :class:`AnswerTokens`
+(target tokens cached on the prompt's end).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+
+from workbench.tasks.answers import target_first_token
+
+if TYPE_CHECKING:
+    from workbench.tasks.registry import Task
 
 
 def bad_logit_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -100,3 +109,36 @@ def item_consistency(df: pd.DataFrame) -> pd.DataFrame:
 def consistency_by_task(df: pd.DataFrame) -> pd.Series:
     """SCORE consistency rate per task (mean over items and seeds)."""
     return item_consistency(df).groupby("task")["consistency"].mean()
+
+
+class AnswerTokens:
+    """First token of ``" " + output`` after a prompt (``target_first_token``), cached on the prompt's end."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[tuple[str, str], int] = {}
+
+    def __call__(self, output: str, prompt: str) -> int:
+        key = (prompt[-64:], output)  # the token only depends on the prompt's end
+        if key not in self._cache:
+            self._cache[key] = target_first_token(self.tokenizer, output, prompt=prompt)
+        return self._cache[key]
+
+    def decode(self, token_id: int | None) -> str | None:
+        return None if token_id is None else self.tokenizer.decode([int(token_id)])
+
+
+def score_row(answers: AnswerTokens, task: Task, item: Any, prompt: str, logits: torch.Tensor) -> dict[str, Any]:
+    """Official and loose scores of one row (``logits`` ``[V]``; target and label tokens in the prompt's context)."""
+    target = answers(item.output, prompt)
+    label_ids = [answers(lab, prompt) for lab in task.labels]
+    scores = {key: values[0] for key, values in score_logits(logits[None], [target], label_ids or None).items()}
+    pred, target_text = answers.decode(scores["prediction"]), answers.decode(target)
+    pred_word = pred.strip() if pred is not None else ""
+    label_words = {answers.decode(i).strip() for i in label_ids}
+    return {
+        "target_token": target_text, "prediction": pred, "correct": bool(scores["correct"]),
+        "label_prediction": answers.decode(scores["label_prediction"]), "label_correct": scores["label_correct"],
+        "in_labels": scores["in_labels"], "correct_loose": bool(pred_word) and pred_word == target_text.strip(),
+        "in_labels_loose": pred_word in label_words if task.labels else None, "bad_logits": bool(scores["bad_logits"]),
+    }
