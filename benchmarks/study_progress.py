@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -21,14 +22,23 @@ import workbench as wb
 from workbench.cli.demo import summary_frame
 from workbench.eval.compare import category_table
 
-LINE_UP = ["zero-shot", "2-shot", "BM25_2-shot", "static_TV", "ELICIT", "I2CL", "LoRA", "ATV"]
+#: the line-up's folder names in its order (k-shot and BM25 carry their k)
+LINE_UP = [r"zero-shot", r"\d+-shot", r"BM25_\d+-shot", r"static_TV", r"ELICIT", r"I2CL", r"LoRA", r"ATV"]
+
+
+def line_up_folders(run: Path) -> list[str]:
+    """The method folders of `run/eval` that hold results, in the line-up's order."""
+    found = [p.name for p in (run / "eval").iterdir() if (p / "results").is_dir()] if (run / "eval").is_dir() else []
+    return [f for pattern in LINE_UP for f in sorted(found) if re.fullmatch(pattern, f)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run", nargs="?", default="runs/study")
     run = Path(parser.parse_args().run)
-    folders = [f for f in LINE_UP if (run / "eval" / f / "results").is_dir()]
+    folders = line_up_folders(run)
+    if not folders:
+        raise SystemExit(f"error: {run}/eval has no method results yet")
     files = {f: {p.stem: p for p in (run / "eval" / f / "results").glob("*.parquet")} for f in folders}
     finished = set.intersection(*(set(v) for v in files.values()))
     done = sorted(finished, key=lambda t: files[folders[-1]][t].stat().st_mtime)

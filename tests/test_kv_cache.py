@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from workbench.core.inference import cached_next_token_logits, next_token_logits, tokenize
+from workbench.core.inference import cached_next_token_logits, joint_intervention, next_token_logits, tokenize
 from workbench.core.interventions import ContextInjection, Injection, Replacement
 from workbench.core.kv_cache import BodyCache, cache_kwarg, shared_bodies
 from workbench.core.testing import tiny_model
@@ -165,3 +165,20 @@ def test_shared_tails_run_one_token_per_prompt_once_kept():
     assert cache.misses == misses and cache.tail_tokens - tails == len(TEXTS)
     assert torch.allclose(first, next_token_logits(lm, TEXTS), atol=1e-5, rtol=0)
     assert torch.allclose(second, next_token_logits(lm, TEXTS, inj), atol=1e-5, rtol=0)
+
+
+def test_joint_intervention_joins_last_token_edits_and_one_body_edit_only():
+    lm = tiny_model("llama", texts=TEXTS)
+    L, d, n = lm.num_layers, lm.hidden_size, 2
+    a = ContextInjection(torch.randn(L, 2, d), coefs(L))
+    same = ContextInjection(a.vectors.clone(), a.coefs.clone())
+    joint, edit = joint_intervention([a, same], n, L)
+    assert joint and isinstance(edit, ContextInjection) and torch.equal(edit.vectors, a.vectors)
+    prompts = TEXTS[:n] * 2
+    assert torch.allclose(cached_next_token_logits(lm, prompts, edit, cache=BodyCache(16), batch_size=4),
+                          next_token_logits(lm, prompts, a, batch_size=4), atol=1e-5, rtol=0)
+    other = ContextInjection(torch.randn(L, 2, d), coefs(L))
+    assert joint_intervention([a, other], n, L) == (False, None)  # two different edits
+    assert joint_intervention([a, None], n, L) == (False, None)  # an edit and a plain pass
+    joint, stacked = joint_intervention([None, Injection(torch.randn(L, d), scale=0.5)], n, L)
+    assert joint and isinstance(stacked, Injection) and stacked.vectors.shape == (2 * n, L, d)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
-from workbench.core.interventions import Intervention, as_intervention
+from workbench.core.interventions import Intervention, as_intervention, stack_injections, stackable
 from workbench.core.kv_cache import KV, BodyCache, cache_kwarg, output_cache, shared_bodies, tail_inputs
 from workbench.core.tokens import add_bos
 from workbench.core.tokens import check_text
@@ -217,6 +217,19 @@ def body_edit(intervention: Intervention | None) -> tuple[Hashable, Intervention
         return None
     method = getattr(intervention, "body_edit", None)
     return method() if callable(method) else None
+
+
+def joint_intervention(parts: Sequence[Intervention | None], n: int, num_layers: int,
+                       ) -> tuple[bool, Intervention | None]:
+    """(True, one intervention) editing the prompts of several parts (`n` prompts each, in order) in one pass exactly
+    as each part alone: last-token injections or none are stacked row by row (:func:`stack_injections`); parts that
+    all make the same body edit (I2CL's context vectors of one task) are that edit. (False, None) otherwise."""
+    if stackable(parts):
+        return True, stack_injections([(p, n) for p in parts], num_layers)
+    edits = [body_edit(p) for p in parts]
+    if all(e is not None for e in edits) and len({e[0] for e in edits}) == 1:
+        return True, edits[0][1]
+    return False, None
 
 
 def shares_bodies(intervention: Intervention | None) -> bool:

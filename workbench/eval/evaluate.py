@@ -45,10 +45,10 @@ from workbench.core.inference import (
     body_lengths,
     cached_next_token_logits,
     check_batch_size,
+    joint_intervention,
     next_token_logits,
     shares_bodies,
 )
-from workbench.core.interventions import stack_injections, stackable
 from workbench.core.kv_cache import BodyCache
 from workbench.core.tokens import count_tokens
 from workbench.eval.efficiency import PeakMemory
@@ -209,8 +209,8 @@ def evaluate_task(
 def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], texts: list[list[str]], seed: int,
                         cache: BodyCache, share_tails: bool = False) -> list[tuple[PreparedBatch, torch.Tensor, float]]:
     """Every variant of one batch of items with shared bodies: prepare all, find the bodies they share, run each
-    body once and only the tails. Variants whose edits are last-token injections (or none) run in one forward pass
-    (:func:`~workbench.core.interventions.stack_injections`: the model's weights are read once for all of them); a
+    body once and only the tails. The variants run in one forward pass when their edits can be joined
+    (:func:`~workbench.core.inference.joint_intervention`: the model's weights are then read once for all); a
     variant whose intervention edits earlier positions runs uncached, unless it edits every token alike for every
     prompt (I2CL: :func:`~workbench.core.inference.body_edit`).
     Latency per row = the group's wall time / its rows, plus the time of the bodies it read that another method
@@ -223,8 +223,8 @@ def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], t
     scope = None if method.shares_model_weights else ("method", id(method))
     kwargs = dict(cache=cache, scope=scope, owner=id(method), share_tails=share_tails)
     logits: dict[int, torch.Tensor] = {}
-    if len(cacheable) > 1 and stackable([prepared[v].intervention for v in cacheable]):
-        joined = stack_injections([(prepared[v].intervention, n) for v in cacheable], lm.num_layers)
+    joint, joined = joint_intervention([prepared[v].intervention for v in cacheable], n, lm.num_layers)
+    if len(cacheable) > 1 and joint:
         rows = max(n, STACKED_TOKENS // max(len(q) for q in seqs))
         every = cached_next_token_logits(lm, [q for v in cacheable for q in prepared[v].prompts], joined,
                                          batch_size=rows, bodies=cuts, **kwargs)
