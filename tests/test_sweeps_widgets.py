@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.analysis.sweeps import layer_label, sweep
+from workbench.analysis.sweeps import accuracy_of, layer_label, sweep
 from workbench.core.testing import tiny_model
 from workbench.eval import compare as comparison
 from workbench.methods.base import PreparedBatch
@@ -198,3 +198,12 @@ def test_standard_methods_budgets():
     assert "16-shot" in comparison.standard_methods(None, budget="paper")
     with pytest.raises(ValueError, match="unknown budget"):
         comparison.standard_methods(None, budget="huge")
+
+
+def test_sweep_evaluated_together_equals_each_point_alone(lm):
+    """The grid runs through evaluate_many (shared bodies and prompts): every point's accuracy is what it has alone."""
+    make = lambda s, l, p: FixedVector(lm, s, l, p)  # noqa: E731
+    df = sweep(lm, make, [TASK], [0.5, 50.0], ("all", "top"), ("last", "all"), **{**EVAL, "prefixes": "all"})
+    for row in df.itertuples():
+        alone = accuracy_of(lm, make(row.scale, row.layers, row.positions), [TASK], **{**EVAL, "prefixes": "all"})
+        assert (row.accuracy, row.label_accuracy, row.n) == (alone["accuracy"], alone["label_accuracy"], alone["n"])

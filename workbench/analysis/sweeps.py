@@ -6,10 +6,9 @@ import itertools
 from typing import Any, Callable, Sequence
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from workbench.core.interventions import LayerSpec
-from workbench.eval.evaluate import evaluate
+from workbench.eval.evaluate import evaluate, evaluate_many
 from workbench.methods.base import Method
 from workbench.tasks.registry import TaskSpec, resolve_tasks
 
@@ -32,7 +31,12 @@ def accuracy_of(lm: Any, method: Method, tasks: TaskSpec, **evaluate_kwargs: Any
 
     `tasks`: a task name, a Task or a list mixing both (:func:`workbench.tasks.registry.resolve_tasks`).
     """
-    df = evaluate(lm, method, resolve_tasks(tasks, evaluate_kwargs.pop("data_dir", None)), **evaluate_kwargs)
+    return accuracies(evaluate(lm, method, resolve_tasks(tasks, evaluate_kwargs.pop("data_dir", None)),
+                               **evaluate_kwargs))
+
+
+def accuracies(df: pd.DataFrame) -> dict:
+    """Primary and label-restricted accuracy (%) of result rows, and their number."""
     label = df["label_correct"].dropna().astype(float)
     return {"accuracy": 100.0 * float(df["primary_correct"].mean()),
             "label_accuracy": 100.0 * float(label.mean()) if len(label) else float("nan"), "n": len(df)}
@@ -49,14 +53,15 @@ def sweep(
 ) -> pd.DataFrame:
     """Evaluate ``make_method(scale, layers, positions)`` on every grid point; one row per point.
 
-    `tasks` (a task name, a Task or a list mixing both) are resolved once, before the first grid point.
+    `tasks` (a task name, a Task or a list mixing both) are resolved once. The grid points are evaluated together
+    (:func:`~workbench.eval.evaluate.evaluate_many`): each prompt body, and each prompt but its last token, is
+    computed once for all last-token points; the rows are those :func:`~workbench.eval.evaluate.evaluate` gives.
     """
     if not scales or not layer_specs or not positions:
         raise ValueError("scales, layer_specs and positions must each list at least one value")
     tasks = resolve_tasks(tasks, evaluate_kwargs.pop("data_dir", None))
-    rows = []
     grid = list(itertools.product(scales, layer_specs, positions))
-    for scale, layers, pos in tqdm(grid, desc="sweep"):
-        result = accuracy_of(lm, make_method(scale, layers, pos), tasks, **evaluate_kwargs)
-        rows.append({"scale": scale, "layers": layer_label(layers), "positions": pos, **result})
-    return pd.DataFrame(rows)
+    methods = {f"point {i}": make_method(scale, layers, pos) for i, (scale, layers, pos) in enumerate(grid)}
+    results = evaluate_many(lm, methods, tasks, **evaluate_kwargs)
+    return pd.DataFrame([{"scale": scale, "layers": layer_label(layers), "positions": pos,
+                          **accuracies(results[f"point {i}"])} for i, (scale, layers, pos) in enumerate(grid)])
