@@ -207,14 +207,11 @@ class BodyCache:
         out: dict[tuple[int, ...], KV] = {}
         todo = []
         for body in dict.fromkeys(b for b in bodies if b):
-            kept = self._data.get((scope, body))
+            kept = self._kept(scope, body, owner)
             if kept is None:
                 todo.append(body)
-                continue
-            out[body] = kept[0]
-            if kept[2] != owner:
-                self.borrowed_seconds += kept[1]
-        self.hits += len(out)
+            else:
+                out[body] = kept
         self.misses += len(todo)
         todo.sort(key=len)
         start = 0
@@ -226,14 +223,13 @@ class BodyCache:
             began = time.perf_counter()
             kvs = (prefix_kvs(lm, chunk, self._head(lm, chunk, scope)) if edit is None else
                    prefix_kvs(lm, chunk, edit=edit[1]))
-            self.body_seconds += time.perf_counter() - began
-            seconds = (time.perf_counter() - began) / sum(len(b) for b in chunk)  # per token of the batch
+            elapsed = time.perf_counter() - began
+            self.body_seconds += elapsed
+            seconds = elapsed / sum(len(b) for b in chunk)  # per token of the batch
             for body, kv in zip(chunk, kvs):
                 out[body] = kv
                 self.body_tokens += len(body)
-                if self.used + kv.nbytes <= self.budget:
-                    self._data[(scope, body)] = (kv, seconds * len(body), owner)
-                    self.used += kv.nbytes
+                self._keep(scope, body, kv, seconds * len(body), owner)
             start = end
         return [out[b] if b else None for b in bodies]
 
@@ -247,13 +243,8 @@ class BodyCache:
         for r, (kv, target) in enumerate(zip(out, targets)):
             if kv is not None or not target:
                 continue
-            kept = self._data.get((scope, target))
-            if kept is not None:
-                out[r] = kept[0]
-                self.hits += 1
-                if kept[2] != owner:
-                    self.borrowed_seconds += kept[1]
-            elif target not in todo:
+            out[r] = self._kept(scope, target, owner)
+            if out[r] is None and target not in todo:
                 todo[target] = r
         self.misses += len(todo)
         rows = list(todo.values())
@@ -262,18 +253,32 @@ class BodyCache:
             chunk = rows[start: start + step]
             began = time.perf_counter()
             new = extend_kvs(lm, [kvs[r] for r in chunk], [targets[r][len(bodies[r]):] for r in chunk])
-            seconds = (time.perf_counter() - began) / len(chunk)
-            self.body_seconds += time.perf_counter() - began
+            elapsed = time.perf_counter() - began
+            self.body_seconds += elapsed
             for r, kv in zip(chunk, new):
                 out[r] = kv
                 self.body_tokens += len(targets[r]) - len(bodies[r])
-                if self.used + kv.nbytes <= self.budget:
-                    self._data[(scope, targets[r])] = (kv, seconds, owner)
-                    self.used += kv.nbytes
+                self._keep(scope, targets[r], kv, elapsed / len(chunk), owner)
         for r, target in enumerate(targets):  # a target repeated in this call
             if out[r] is None and target:
                 out[r] = out[todo[target]]
         return out
+
+    def _kept(self, scope: Hashable, key: tuple[int, ...], owner: Hashable) -> KV | None:
+        """The kept cache of `key` (a hit; its compute time is borrowed when another owner computed it), or None."""
+        kept = self._data.get((scope, key))
+        if kept is None:
+            return None
+        self.hits += 1
+        if kept[2] != owner:
+            self.borrowed_seconds += kept[1]
+        return kept[0]
+
+    def _keep(self, scope: Hashable, key: tuple[int, ...], kv: KV, seconds: float, owner: Hashable) -> None:
+        """Keep `kv` under `key` if it fits the budget (`seconds`: what computing it took, for borrowers)."""
+        if self.used + kv.nbytes <= self.budget:
+            self._data[(scope, key)] = (kv, seconds, owner)
+            self.used += kv.nbytes
 
     def _head(self, lm: LanguageModel, chunk: Sequence[tuple[int, ...]], scope: Hashable) -> tuple[int, KV] | None:
         """The token prefix every body of `chunk` shares (e.g. the chat header and the template's instruction), run
