@@ -1,13 +1,15 @@
 """``python -m workbench study``: the paper's protocol on the embedded default, in one resumable command.
 
-    python -m workbench study [--run-dir runs/study] [--n-test 30] [--n-icl 10] [--k 1] [--dtype bfloat16]
+    python -m workbench study [--run-dir runs/study] [--n-test 30] [--n-icl 10] [--k 1] [--lora-n-train 6]
+                              [--dtype bfloat16]
 
 1. trains the ATV generator on all 20 in-domain tasks with the ``cpu-full`` preset into ``<run-dir>/train/``
    (:mod:`workbench.cli.train`; resumed from its per-epoch checkpoints);
 2. runs notebook 02 headless into ``<run-dir>/`` with ``budget="cpu-demo"``: every baseline fitted on the same
-   training items (saved in ``fitted/`` and reloaded on a rerun), all 8 methods evaluated on the 25 tasks × 9
-   variants on the same ``--n-test`` items per task (``eval/``, finished tasks skipped on a rerun); k-shot and BM25
-   prompts (k = ``--k``) on a seeded subset of ``--n-icl`` of those items, as they share no prompt bodies;
+   training items (LoRA on ``--lora-n-train`` items per task; fits saved in ``fitted/`` and reloaded on a rerun),
+   all 8 methods evaluated on the 25 tasks × 9 variants on the same ``--n-test`` items per task (``eval/``, finished
+   tasks skipped on a rerun); k-shot and BM25 prompts (k = ``--k``) on a seeded subset of ``--n-icl`` of those
+   items, as they share no prompt bodies.
    The large model runs in ``--dtype`` for fitting and evaluation (default bfloat16, ~2x faster than float32 on this
    CPU, as the official code runs Llama-3-8B in float16; the cpu presets' injections, λ = 0.05, are far above
    bf16's rounding); the generator is trained in the preset's float32;
@@ -34,7 +36,7 @@ from workbench.core.files import atomic_write_json, package_versions, read_json
 MARKER = "workbench-study"
 PRESET = "cpu-full"
 BUDGET = "cpu-demo"
-DEFAULTS = {"n_test": 30, "n_icl": 10, "k": 1, "seed": 42, "dtype": "bfloat16"}
+DEFAULTS = {"n_test": 30, "n_icl": 10, "k": 1, "seed": 42, "dtype": "bfloat16", "lora_n_train": 6}
 #: Lower bounds of the protocol (issue 14): the vector/fine-tuning methods and ATV need >= 30 items per task for an
 #: interval worth reading, the prompt baselines >= 10.
 MIN_ITEMS = {"n_test": 30, "n_icl": 10}
@@ -48,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="of those, items for k-shot and BM25 (>= 10)")
     parser.add_argument("--k", type=int, default=DEFAULTS["k"], help="demonstrations of k-shot / BM25 (<= 16)")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--lora-n-train", type=int, default=DEFAULTS["lora_n_train"],
+                        help="LoRA's training items per task (x 3 templates; the cpu-demo budget's is 8)")
     parser.add_argument("--dtype", default=DEFAULTS["dtype"], choices=("float32", "bfloat16"),
                         help="the large model's dtype for fitting and evaluation (training: the preset's float32)")
     parser.add_argument("--small", action="store_true",
@@ -59,6 +63,8 @@ def study_config(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.atv.presets import get_preset
     from workbench.tasks.registry import task_names
 
+    if isinstance(args.lora_n_train, bool) or not isinstance(args.lora_n_train, int) or args.lora_n_train < 1:
+        raise ValueError(f"--lora-n-train {args.lora_n_train!r}: give an int >= 1")
     for name, low in MIN_ITEMS.items():
         value = getattr(args, name)
         if isinstance(value, bool) or not isinstance(value, int) or (value < low and not args.small) or value < 1:
@@ -73,7 +79,7 @@ def study_config(args: argparse.Namespace) -> dict[str, Any]:
         in_domain, unseen = in_domain[:2], unseen[:1]
     return {"format": MARKER, "preset": PRESET, "model": preset.model, "encoder": preset.encoder,
             "budget": BUDGET, "n_test": args.n_test, "n_icl": args.n_icl, "k": args.k, "seed": args.seed,
-            "dtype": args.dtype,
+            "dtype": args.dtype, "lora_n_train": args.lora_n_train,
             "in_domain": in_domain, "unseen": unseen, "small": bool(args.small)}
 
 
@@ -121,7 +127,7 @@ def notebook_parameters(run: Path, config: dict[str, Any], generator: Path) -> d
     params = {"model": config["model"], "encoder": config["encoder"], "tasks": config["in_domain"],
               "unseen_tasks": config["unseen"], "n_test": config["n_test"], "n_icl": config["n_icl"],
               "k": config["k"], "seed": config["seed"], "budget": config["budget"], "generator_dir": str(generator),
-              "dtype": config["dtype"]}
+              "dtype": config["dtype"], "n_train": config["lora_n_train"]}
     if config["small"]:
         params.update(epochs=1, n_train=2)
     return params
