@@ -69,6 +69,21 @@ def test_evaluate_many_shares_bodies_across_methods_but_not_with_lora():
     assert alone_cache.misses == 3  # one method alone keeps only bodies: no other method would read the rest
 
 
+def test_i2cl_on_an_unseen_task_shares_bodies_by_retrieved_task():
+    """Unseen task: each prompt gets its nearest task's context vectors; prompts with the same vectors share bodies
+    (cached) and the rows are the uncached ones."""
+    tasks = toy_tasks()
+    lm = toy_lm("llama", tasks)
+    i2cl = I2CL(shots_per_class=1, epochs=1).fit(lm, tasks[:2])
+    cache = BodyCache(64)
+    kwargs = dict(n_test=4, templates=[0, 1], seeds=[42], batch_size=4, progress=False)
+    cached = evaluate(lm, i2cl, tasks[2:], cache=cache, **kwargs)
+    same_rows(cached, evaluate(lm, i2cl, tasks[2:], cache=False, **kwargs))
+    # one body per (item, template, retrieved task), shared by the prefixes that retrieved it: not one per prompt
+    bodies = int(cached.groupby(["item", "template"])["cv_task"].nunique().sum())
+    assert cache.misses == bodies < len(cached)
+
+
 def test_cache_argument_is_checked():
     tasks = toy_tasks()
     lm = toy_lm("llama", tasks)

@@ -9,7 +9,13 @@ import warnings
 import pytest
 import torch
 
-from workbench.core.inference import cached_next_token_logits, joint_intervention, next_token_logits, tokenize
+from workbench.core.inference import (
+    cached_next_token_logits,
+    joint_intervention,
+    next_token_logits,
+    row_body_edits,
+    tokenize,
+)
 from workbench.core.interventions import ContextInjection, Injection, Replacement
 from workbench.core.kv_cache import BodyCache, cache_kwarg, shared_bodies
 from workbench.core.testing import tiny_model
@@ -182,3 +188,25 @@ def test_joint_intervention_joins_last_token_edits_and_one_body_edit_only():
     assert joint_intervention([a, None], n, L) == (False, None)  # an edit and a plain pass
     joint, stacked = joint_intervention([None, Injection(torch.randn(L, d), scale=0.5)], n, L)
     assert joint and isinstance(stacked, Injection) and stacked.vectors.shape == (2 * n, L, d)
+
+
+def test_row_body_edits_key_each_prompt_by_its_own_vectors():
+    lm = tiny_model("llama", texts=TEXTS)
+    L, d = lm.num_layers, lm.hidden_size
+    a, b = torch.randn(L, 2, d), torch.randn(L, 2, d)
+    per_row = ContextInjection(torch.stack([a, b, a.clone(), b]), coefs(L))
+    edits = row_body_edits(per_row, 4)
+    assert edits is not None and [e[0] for e in edits][:2] != [edits[0][0]] * 2
+    assert edits[0][0] == edits[2][0] and edits[1][0] == edits[3][0] and edits[0][0] != edits[1][0]
+    # each row's edit gives that row's logits, through the cache too
+    prompts = TEXTS[:4]
+    plain = next_token_logits(lm, prompts, per_row, batch_size=4)
+    for r, (_, edit) in enumerate(edits):
+        got = cached_next_token_logits(lm, [prompts[r]], edit, cache=BodyCache(16))
+        assert torch.allclose(got[0], plain[r], atol=1e-5, rtol=0), r
+    # not a per-prompt body edit: shared vectors, noise, last-token edits, gradients, a count that does not match
+    assert row_body_edits(ContextInjection(a, coefs(L)), 4) is None
+    assert row_body_edits(ContextInjection(torch.stack([a, b]), coefs(L), noise=0.1), 2) is None
+    assert row_body_edits(Injection(torch.randn(2, L, d), scale=0.5), 2) is None
+    assert row_body_edits(ContextInjection(torch.stack([a, b]), coefs(L).requires_grad_()), 2) is None
+    assert row_body_edits(per_row, 3) is None and row_body_edits(None, 1) is None

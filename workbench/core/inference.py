@@ -219,6 +219,17 @@ def body_edit(intervention: Intervention | None) -> tuple[Hashable, Intervention
     return method() if callable(method) else None
 
 
+def row_body_edits(intervention: Intervention | None, n: int) -> list[tuple[Hashable, Intervention]] | None:
+    """Per prompt, the (key, edit) of a body edit that differs between the `n` prompts (I2CL's context vectors on an
+    unseen task, one task's per prompt): prompts with the same key share bodies computed under that edit. None when
+    `intervention` is not such an edit."""
+    if intervention is None or edits_last_token_only(intervention):
+        return None
+    method = getattr(intervention, "row_edits", None)
+    edits = method() if callable(method) else None
+    return edits if edits is not None and len(edits) == n else None
+
+
 def joint_intervention(parts: Sequence[Intervention | None], n: int, num_layers: int,
                        ) -> tuple[bool, Intervention | None]:
     """(True, one intervention) editing the prompts of several parts (`n` prompts each, in order) in one pass exactly

@@ -388,6 +388,14 @@ class ContextInjection:
             digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
         return ("i2cl_linear", digest.hexdigest()), ContextInjection(cv, self.coefs, "all")
 
+    def row_edits(self) -> list[tuple[Hashable, ContextInjection]] | None:
+        """Per prompt, :meth:`body_edit` of its own vectors when each prompt has its own (I2CL on an unseen task: the
+        nearest task's vectors): prompts making the same edit can then share bodies. None otherwise."""
+        if self.vectors.dim() != 4:
+            return None
+        edits = [ContextInjection(v, self.coefs, self.positions, self.noise).body_edit() for v in self.vectors]
+        return None if any(e is None for e in edits) else edits  # type: ignore[return-value]
+
     def describe(self) -> dict:
         return {"kind": "i2cl_linear", "modules": list(MODULES), "positions": self.positions,
                 "vectors_shape": list(self.vectors.shape), "coefs_shape": list(self.coefs.shape)}

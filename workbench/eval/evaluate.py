@@ -47,6 +47,7 @@ from workbench.core.inference import (
     check_batch_size,
     joint_intervention,
     next_token_logits,
+    row_body_edits,
     shares_bodies,
 )
 from workbench.core.kv_cache import BodyCache
@@ -233,11 +234,36 @@ def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], t
         for j, v in enumerate(cacheable):
             logits[v] = cached_next_token_logits(lm, prepared[v].prompts, prepared[v].intervention, batch_size=n,
                                                  bodies=cuts[j * n: (j + 1) * n], **kwargs)
+    logits.update(run_row_edits(lm, prepared, [v for v in range(len(prepared)) if v not in logits], n, kwargs))
     for v, p in enumerate(prepared):
         if v not in logits:
             logits[v] = next_token_logits(lm, p.prompts, injection=p.intervention, batch_size=n)
     latency = (time.perf_counter() - start + cache.borrowed_seconds - borrowed) / (n * len(texts))
     return [(p, logits[v], latency) for v, p in enumerate(prepared)]
+
+
+def run_row_edits(lm: Any, prepared: list[PreparedBatch], pending: list[int], n: int, kwargs: dict[str, Any],
+                  ) -> dict[int, torch.Tensor]:
+    """Logits of the `pending` variants whose body edit differs between prompts (I2CL on an unseen task:
+    :func:`~workbench.core.inference.row_body_edits`): the prompts of all of them that make the same edit run in one
+    cached pass under it, so they share bodies across prefixes and their tails run together."""
+    edits = {v: row_body_edits(prepared[v].intervention, n) for v in pending}
+    split = [v for v in pending if edits[v] is not None]
+    if not split:
+        return {}
+    seqs, cuts = body_lengths(lm, [q for v in split for q in prepared[v].prompts])
+    groups: dict[Any, tuple[Any, list[tuple[int, int, int]]]] = {}
+    for j, v in enumerate(split):
+        for r, (key, edit) in enumerate(edits[v]):  # type: ignore[union-attr]
+            groups.setdefault(key, (edit, []))[1].append((j * n + r, v, r))
+    out: dict[int, list[Any]] = {v: [None] * n for v in split}
+    for edit, members in groups.values():
+        rows = max(n, STACKED_TOKENS // max(len(seqs[i]) for i, _, _ in members))
+        got = cached_next_token_logits(lm, [prepared[v].prompts[r] for _, v, r in members], edit, batch_size=rows,
+                                       bodies=[cuts[i] for i, _, _ in members], **kwargs)
+        for k, (_, v, r) in enumerate(members):
+            out[v][r] = got[k]
+    return {v: torch.stack(rows_) for v, rows_ in out.items()}
 
 
 def _tail_sharing(methods: Mapping[str, Method]) -> dict[str, bool]:
