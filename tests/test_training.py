@@ -53,6 +53,8 @@ def test_examples_three_templates_per_item():
     assert len(ex) == 15 and {e.template for e in ex} == {0, 1, 2}
     assert all(e.text.endswith("\nA:") and e.target in (" positive", " negative") for e in ex)
     assert ex == training_examples([TASK], n_train=5, seed=42) != training_examples([TASK], n_train=5, seed=10)
+    assert training_examples(TASK, n_train=5, seed=42) == ex  # a bare Task is a list of one, as everywhere
+    assert [e.task for e in training_examples("glue_sst2", n_train=1)] == ["glue_sst2"] * 3  # and so is a name
     official = training_examples([TASK], n_train=1, generator_input="official")[0]
     assert official.generator_text == f"Q: {ITEMS[official.item][0]} \n A: "
 

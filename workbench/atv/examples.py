@@ -70,10 +70,16 @@ def training_examples(
 ) -> list[Example]:
     """``n_train`` items per task (sampled with `seed`, the same for every method) x each of its 3 templates.
 
-    Items whose templated text is longer than `max_chars` are skipped (as the official code does). Tasks are
-    Task-like objects with ``.name``, ``.templates`` and the `split` list of ``(input, output)`` items.
+    Items whose templated text is longer than `max_chars` are skipped (as the official code does). `tasks`: a task
+    name, a Task or a list mixing both (:func:`workbench.tasks.registry.resolve_tasks`), or a list of Task-like
+    objects with ``.name``, ``.templates`` and the `split` list of ``(input, output)`` items.
     """
-    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Sequence) or len(tasks) == 0:
+    from workbench.tasks.registry import Task, resolve_tasks
+
+    if isinstance(tasks, (str, Task)) or (isinstance(tasks, Sequence) and any(isinstance(t, (str, Task))
+                                                                             for t in tasks)):
+        tasks = resolve_tasks(tasks)
+    if isinstance(tasks, bytes) or not isinstance(tasks, Sequence) or len(tasks) == 0:
         raise ValueError("tasks is empty: give at least one task (e.g. [wb.load_task('glue_sst2')])")
     if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1:
         raise ValueError(f"n_train must be a positive int, got {n_train!r}")
