@@ -213,7 +213,8 @@ def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], t
     body once and only the tails. The variants run in one forward pass when their edits can be joined
     (:func:`~workbench.core.inference.joint_intervention`: the model's weights are then read once for all); a
     variant whose intervention edits earlier positions runs uncached, unless it edits every token alike for every
-    prompt (I2CL: :func:`~workbench.core.inference.body_edit`).
+    prompt (I2CL: :func:`~workbench.core.inference.body_edit`) or alike for the prompts that share its vectors
+    (I2CL on an unseen task: :func:`run_row_edits`).
     Latency per row = the group's wall time / its rows, plus the time of the bodies it read that another method
     had computed (so a method's latency does not depend on which method ran first)."""
     start, borrowed = time.perf_counter(), cache.borrowed_seconds
@@ -224,11 +225,11 @@ def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], t
     scope = None if method.shares_model_weights else ("method", id(method))
     kwargs = dict(cache=cache, scope=scope, owner=id(method), share_tails=share_tails)
     logits: dict[int, torch.Tensor] = {}
-    joint, joined = joint_intervention([prepared[v].intervention for v in cacheable], n, lm.num_layers)
-    if len(cacheable) > 1 and joint:
-        rows = max(n, STACKED_TOKENS // max(len(q) for q in seqs))
+    joint, joined = (joint_intervention([prepared[v].intervention for v in cacheable], n, lm.num_layers)
+                     if len(cacheable) > 1 else (False, None))
+    if joint:
         every = cached_next_token_logits(lm, [q for v in cacheable for q in prepared[v].prompts], joined,
-                                         batch_size=rows, bodies=cuts, **kwargs)
+                                         batch_size=stacked_rows(n, seqs), bodies=cuts, **kwargs)
         logits = {v: every[j * n: (j + 1) * n] for j, v in enumerate(cacheable)}
     else:
         for j, v in enumerate(cacheable):
@@ -240,6 +241,11 @@ def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], t
             logits[v] = next_token_logits(lm, p.prompts, injection=p.intervention, batch_size=n)
     latency = (time.perf_counter() - start + cache.borrowed_seconds - borrowed) / (n * len(texts))
     return [(p, logits[v], latency) for v, p in enumerate(prepared)]
+
+
+def stacked_rows(n: int, seqs: Sequence[Sequence[int]]) -> int:
+    """Rows per pass when variants run together: at least a batch of items, else ~``STACKED_TOKENS`` tokens."""
+    return max(n, STACKED_TOKENS // max(len(q) for q in seqs))
 
 
 def run_row_edits(lm: Any, prepared: list[PreparedBatch], pending: list[int], n: int, kwargs: dict[str, Any],
@@ -258,8 +264,8 @@ def run_row_edits(lm: Any, prepared: list[PreparedBatch], pending: list[int], n:
             groups.setdefault(key, (edit, []))[1].append((j * n + r, v, r))
     out: dict[int, list[Any]] = {v: [None] * n for v in split}
     for edit, members in groups.values():
-        rows = max(n, STACKED_TOKENS // max(len(seqs[i]) for i, _, _ in members))
-        got = cached_next_token_logits(lm, [prepared[v].prompts[r] for _, v, r in members], edit, batch_size=rows,
+        got = cached_next_token_logits(lm, [prepared[v].prompts[r] for _, v, r in members], edit,
+                                       batch_size=stacked_rows(n, [seqs[i] for i, _, _ in members]),
                                        bodies=[cuts[i] for i, _, _ in members], **kwargs)
         for k, (_, v, r) in enumerate(members):
             out[v][r] = got[k]
