@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser demo study lab test lint bench clean
+.PHONY: install llama-cpp browser demo study lab test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# llama-cpp-python (the `llama` extra in pyproject.toml), for tests/integration/test_llama_cpp_vectors.py: a workbench
+# control-vector GGUF steered by llama.cpp itself. pip builds it from source (cmake, ninja, gcc: about 7 min on 2
+# cores) and caches the wheel, so only a fresh machine pays that. A failed build is not an error: the test then skips
+# with its reason, and the next `make test` tries again.
+LLAMA_CPP_SPEC ?= llama-cpp-python==0.3.36
+LLAMA_STAMP := $(VENV)/.llama-cpp
+$(LLAMA_STAMP): pyproject.toml | $(STAMP)
+	@echo "installing $(LLAMA_CPP_SPEC) (built from source the first time: several minutes)"
+	@$(BIN)/python -m pip install --quiet "$(LLAMA_CPP_SPEC)" && touch $@ || \
+	  echo "note: $(LLAMA_CPP_SPEC) did not install; tests/integration/test_llama_cpp_vectors.py is skipped"
+
+llama-cpp: $(LLAMA_STAMP)
 
 # PNG figures need a Chromium for kaleido; without one, figures are saved as HTML only. chromium-driver is for the
 # browser test (tests/test_browser.py), which is skipped with a printed reason without both.
@@ -52,9 +65,15 @@ lab: install
 	  --LabApp.app_settings_dir="$(CURDIR)/jupyter/lab/settings" --LabApp.default_url=/lab/tree/notebooks \
 	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
-# -rs prints why a test was skipped (e.g. the browser test without chromium + chromium-driver).
-test: install
+# The suite in tiers (tests/unit: tiny random-init models, seconds each; tests/integration: the embedded models;
+# tests/notebooks: papermill; tests/browser: JupyterLab in headless Chromium). `make test` runs all of them (what CI
+# runs); `make test-fast` only the unit tier, in a few minutes. -rs prints why a test was skipped (e.g. the browser
+# test without chromium + chromium-driver).
+test: install llama-cpp
 	$(BIN)/python -m pytest -q -rs
+
+test-fast: install
+	$(BIN)/python -m pytest -q -rs tests/unit
 
 lint: install
 	$(BIN)/ruff check workbench tests benchmarks

@@ -51,7 +51,7 @@ def main() -> None:
     cols = ["method", "score", "name", "difference", "ci_low", "ci_high", "p_holm", "significant"]
     print(tests[tests.level != "task"][cols].round(2).to_string(index=False))
     print(tests[(tests.level == "task") & tests.significant][cols[:-1] + ["harmful"]].round(1).to_string(index=False))
-    fits = list((run / "fitted").glob("*/fitted.pt"))
+    fits = list((run / "fitted").glob("*/fitted.json"))  # a fit's record, written last
     prev = max(p.stat().st_mtime for p in fits) if fits else None
     wall = dict.fromkeys(folders, 0.0)
     for task in done:

@@ -7,12 +7,16 @@ also with ``-q``; ``pytest --randomly-seed=N`` replays that order, ``-p no:rando
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from workbench.core.testing import tiny_model
 
+# tests/locks.py and tests/reference_hooks.py serve every tier (tests/unit, tests/integration, ...)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("ATV_PNG", "0")  # PNG export starts a browser per figure; notebooks in tests write HTML only

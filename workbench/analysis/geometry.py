@@ -1,4 +1,5 @@
-"""Geometry of injected vectors: per-layer norms (paper Fig. 3) and 2-D maps of per-query vectors (Fig. 4)."""
+"""Geometry of injected vectors: per-layer norms (paper Fig. 3) and 2-D maps of per-query vectors (Fig. 4), raw or
+centred on the mean over tasks (:func:`vector_map`, :func:`shared_component`)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,24 @@ def project_2d(features: np.ndarray | torch.Tensor, method: str = "tsne", seed: 
                      n_jobs=1).fit_transform(x)
 
 
+CENTERS = (None, "tasks")
+
+
+def _center_on_tasks(x: torch.Tensor, tasks: Sequence[str]) -> torch.Tensor:
+    """Rows of `x` minus the mean over tasks (each task's mean row, averaged: tasks weigh alike)."""
+    names = list(dict.fromkeys(tasks))
+    labels = np.asarray(tasks)
+    means = torch.stack([x[torch.as_tensor(labels == t)].mean(0) for t in names])
+    return x - means.mean(0)
+
+
+def shared_component(vectors: Mapping[str, torch.Tensor]) -> float:
+    """How much one shared direction dominates per-task vectors: ‖mean over tasks‖ / mean ‖vector‖ (1: identical
+    vectors, 0: they cancel out). Flattened over layers."""
+    x = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in vectors.values()])
+    return float(x.mean(0).norm() / x.norm(dim=1).mean().clamp(min=1e-12))
+
+
 def vector_map(
     adaptive: torch.Tensor,
     tasks: Sequence[str],
@@ -67,22 +86,32 @@ def vector_map(
     static: Mapping[str, torch.Tensor] | None = None,
     method: str = "tsne",
     seed: int = 0,
+    center: str | None = None,
 ) -> pd.DataFrame:
     """2-D map of per-query vectors ``[N, L, d]`` next to static per-task vectors ``{task: [L, d]}``.
 
-    Returns columns x, y, task, kind ("adaptive"/"static"), text (query for hover).
+    ``center="tasks"`` first subtracts, from each kind (adaptive, static) of vectors, its mean over tasks: what all
+    tasks share (for the static task vectors of a small model nearly all of each vector, so they land on one spot)
+    is removed and what tells the tasks apart is mapped. Returns columns x, y, task, kind ("adaptive"/"static"),
+    text (query for hover).
     """
     if len(adaptive) != len(tasks) or len(tasks) != len(texts):
         raise ValueError(f"adaptive ({len(adaptive)}), tasks ({len(tasks)}) and texts ({len(texts)}) "
                          "must have equal length")
-    feats = [torch.as_tensor(adaptive, dtype=torch.float32)]
+    if center not in CENTERS:
+        raise ValueError(f"unknown center {center!r}; use one of {CENTERS}")
+    feats = [torch.as_tensor(adaptive, dtype=torch.float32).reshape(len(tasks), -1)]
+    if center == "tasks":
+        feats[0] = _center_on_tasks(feats[0], tasks)
     kinds, task_col, text_col = ["adaptive"] * len(tasks), list(tasks), list(texts)
-    for task, vec in (static or {}).items():
-        feats.append(torch.as_tensor(vec, dtype=torch.float32)[None])
-        kinds.append("static")
-        task_col.append(task)
-        text_col.append(f"static vector of {task}")
-    x = torch.cat([f.reshape(len(f), -1) for f in feats])
+    if static:
+        rows = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in static.values()])
+        feats.append(rows - rows.mean(0) if center == "tasks" and len(rows) > 1 else rows)
+        for task in static:
+            kinds.append("static")
+            task_col.append(task)
+            text_col.append(f"static vector of {task}")
+    x = torch.cat(feats)
     # Rows are scaled to unit norm: static and adaptive vectors live at very different magnitudes.
     xy = project_2d(x / x.norm(dim=1, keepdim=True).clamp(min=1e-12), method=method, seed=seed)
     return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "task": task_col, "kind": kinds, "text": text_col})

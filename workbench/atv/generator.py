@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,17 @@ from torch import nn
 
 from workbench.core.architectures import ARCHITECTURES, lora_parameter_count
 from workbench.core.encoders import Encoder, load_encoder
-from workbench.core.files import atomic_dir, atomic_write_text, package_versions, read_json
+from workbench.core.files import (
+    FileFormatError,
+    atomic_dir,
+    atomic_write_text,
+    package_versions,
+    read_json,
+    recover_dir,
+)
+from workbench.core.fingerprints import check_fingerprint, tensors_fingerprint
+from workbench.core.models import model_name
+from workbench.core.tensorfiles import load_weights
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
@@ -30,9 +41,11 @@ WEIGHTS, META = "generator.safetensors", "generator.json"
 INPUT_SCALE_FLOOR = 0.01
 #: What training records in ``gen.meta`` (saved in ``generator.json``, restored by ``load``): the injection settings,
 #: the names of the tasks it was trained on and the whole TrainConfig.
-TRAINING_META = ("scale", "layers", "positions", "generator_input", "tasks", "train_config")
+TRAINING_META = ("scale", "layers", "positions", "generator_input", "tasks", "train_config", "kept_epoch")
 #: Keys of generator.json that loading needs (read_meta raises FileFormatError naming the first missing one).
 META_KEYS = ("encoder", "pooling", "lm", "num_layers", "hidden_size")
+#: What to do about a damaged generator folder.
+REBUILD = "the generator folder is damaged or was edited: save the generator again (ATVGenerator.save) or retrain it"
 
 
 def is_checkpoint(directory: Path) -> bool:
@@ -61,6 +74,7 @@ class ATVGenerator(nn.Module):
             raise ValueError(f"bottleneck must be a positive int or None, got {bottleneck!r}")
         self.encoder = encoder
         self.num_layers, self.hidden_size, self.lm_name = lm.num_layers, lm.hidden_size, lm.name
+        self.lm_fingerprint: str | None = getattr(lm, "fingerprint", None)
         self.bottleneck = bottleneck
         self.lora: dict | None = None
         out = lm.num_layers * lm.hidden_size
@@ -155,11 +169,18 @@ class ATVGenerator(nn.Module):
         return {"this": self.trainable_parameters(), "ATV": full, f"LoRA r={lora_r}": lora_parameter_count(lm, lora_r)}
 
     # ----------------------------------------------------------------------------------------- save / load
+    def fingerprint(self) -> str:
+        """Fingerprint of every weight and buffer (its state dict, all values): ``save`` records it in
+        ``generator.json``, ``load`` checks the weights file against it, an ATV run folder records it."""
+        return tensors_fingerprint(self.state_dict().items())
+
     def describe(self) -> dict[str, Any]:
+        """The architecture and the large model it is made for (name, L, d, ``lm_fingerprint``), plus ``meta``."""
         enc = self.encoder
         return {"encoder": enc.name, "pooling": enc.pooling, "encoder_max_length": enc.max_length,
                 "encoder_dim": enc.dim, "bottleneck": self.bottleneck, "lora": self.lora, "input_norm": self.input_norm,
-                "lm": self.lm_name, "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+                "lm": self.lm_name, "lm_fingerprint": self.lm_fingerprint, "num_layers": self.num_layers,
+                "hidden_size": self.hidden_size,
                 "dtype": str(next(self.parameters()).dtype).replace("torch.", ""),
                 "trainable_parameters": self.trainable_parameters(), **self.meta}
 
@@ -172,41 +193,72 @@ class ATVGenerator(nn.Module):
         target = Path(directory)
         with atomic_dir(target, owned=is_checkpoint, overwrite=overwrite, what="generator") as tmp:
             safetensors.torch.save_model(self, str(tmp / WEIGHTS))
-            meta = {**self.describe(), **extra, "package_versions": package_versions()}
+            meta = {**self.describe(), **extra, "package_versions": package_versions(),
+                    "fingerprint": self.fingerprint()}
             atomic_write_text(tmp / META, json.dumps(meta, indent=2, default=str))
         return target
 
     @staticmethod
     def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+        """The parsed ``generator.json`` of `directory` (FileFormatError naming it if damaged). A save of
+        `directory` that a kill cut is undone first (:func:`workbench.core.files.recover_dir`)."""
+        recover_dir(directory)
         path = Path(directory) / META
         if not path.is_file():
             raise FileNotFoundError(f"{directory} is not a generator checkpoint (no {META})")
-        return read_json(path, META_KEYS, "the generator.json that ATVGenerator.save writes")
+        return read_json(path, META_KEYS, f"the generator.json that ATVGenerator.save writes ({REBUILD})")
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, lm: LanguageModel, encoder: Encoder | None = None) -> ATVGenerator:
-        """Rebuild a saved generator for `lm`; refuses a checkpoint made for another large model."""
+    def load(cls, directory: str | os.PathLike, lm: LanguageModel, encoder: Encoder | None = None,
+             allow_mismatch: bool = False) -> ATVGenerator:
+        """Rebuild a saved generator for `lm`; refuses a checkpoint made for another large model
+        (:func:`check_compatible`; ``allow_mismatch=True`` accepts one of the same shape with other weights, with a
+        warning) and a weights file whose fingerprint is not the one ``generator.json`` records (a swapped or edited
+        ``generator.safetensors``; checkpoints saved before fingerprints were recorded are not checked)."""
         meta = cls.read_meta(directory)
-        check_compatible(meta, lm, directory)
-        if encoder is None:
-            scratch = str(meta["encoder"]).startswith("scratch:")
-            encoder = load_encoder(meta["encoder"], pooling=meta["pooling"],
-                                   tokenizer=lm.tokenizer if scratch else None)
-            encoder.max_length = int(meta.get("encoder_max_length", encoder.max_length))
-        gen = cls(encoder, lm, bottleneck=meta.get("bottleneck"), input_norm=bool(meta.get("input_norm", False)))
-        if meta.get("lora"):
-            lora = meta["lora"]
-            gen.add_lora(lora["r"], lora["alpha"], lora["dropout"])
-        safetensors.torch.load_model(gen, str(Path(directory) / WEIGHTS))
+        check_compatible(meta, lm, directory, allow_mismatch=allow_mismatch)
+        try:
+            if encoder is None:
+                scratch = str(meta["encoder"]).startswith("scratch:")
+                encoder = load_encoder(meta["encoder"], pooling=meta["pooling"],
+                                       tokenizer=lm.tokenizer if scratch else None)
+                encoder.max_length = int(meta.get("encoder_max_length", encoder.max_length))
+            gen = cls(encoder, lm, bottleneck=meta.get("bottleneck"), input_norm=bool(meta.get("input_norm", False)))
+            if meta.get("lora"):
+                lora = meta["lora"]
+                gen.add_lora(lora["r"], lora["alpha"], lora["dropout"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise FileFormatError(f"{Path(directory) / META}: cannot rebuild the generator it describes ({e}); "
+                                  f"{REBUILD}") from None
+        load_weights(gen, Path(directory) / WEIGHTS, REBUILD)
         gen.meta = {k: meta[k] for k in TRAINING_META if k in meta}
+        check_fingerprint(f"{Path(directory) / WEIGHTS}: the weights are not the ones {META} was saved with",
+                          meta.get("fingerprint"), gen.fingerprint(),
+                          "restore the original file, or save the generator again (ATVGenerator.save)")
         return gen
 
 
-def check_compatible(meta: dict, lm: LanguageModel, where: Any = "checkpoint") -> None:
-    """CheckpointMismatch naming what differs (model name, L, d) between a checkpoint and `lm`."""
-    diffs = [f"{what}: checkpoint {meta.get(key)!r}, model {have!r}"
-             for what, key, have in (("large model", "lm", lm.name), ("layers L", "num_layers", lm.num_layers),
+def check_compatible(meta: dict, lm: LanguageModel, where: Any = "checkpoint", allow_mismatch: bool = False) -> None:
+    """CheckpointMismatch naming what differs between a checkpoint (or a generator's ``describe()``) and `lm`: the
+    layers L and hidden size d, and the large model itself -- by fingerprint when both sides have one (the same
+    model under another path or name is accepted), else by name (a local path compared resolved).
+
+    ``allow_mismatch=True`` accepts a large model of the same L and d with other weights or another name (with a
+    warning); a different L or d is always refused."""
+    recorded, have = meta.get("lm_fingerprint"), getattr(lm, "fingerprint", None)
+    if recorded and have:
+        same = recorded == have
+    else:
+        same = meta.get("lm") == lm.name or model_name(str(meta.get("lm"))) == lm.name
+    model = [] if same else [f"large model: checkpoint {meta.get('lm')!r}, model {lm.name!r}"
+                             + (f" (fingerprints: checkpoint {recorded}, model {have})" if recorded and have else "")]
+    shape = [f"{what}: checkpoint {meta.get(key)!r}, model {have!r}"
+             for what, key, have in (("layers L", "num_layers", lm.num_layers),
                                      ("hidden size d", "hidden_size", lm.hidden_size)) if meta.get(key) != have]
-    if diffs:
-        raise CheckpointMismatch(f"generator {where} was made for another large model; " + "; ".join(diffs))
+    message = f"generator {where} was made for another large model; " + "; ".join(model + shape)
+    if shape or (model and not allow_mismatch):
+        hint = "" if shape else "; pass allow_mismatch=True (CLI: --allow-fingerprint-mismatch) to use it anyway"
+        raise CheckpointMismatch(message + hint)
+    if model:
+        warnings.warn(message + " (used anyway: allow_mismatch=True)", stacklevel=2)
 

@@ -14,7 +14,8 @@ Tasks are given by name, as Task objects or a mix (:func:`workbench.tasks.regist
 recorded in ``TrainConfig.tasks``, ``df.attrs["config"]`` and the generator's ``generator.json``
 (``gen.meta["tasks"]``).
 Checkpoint folders (:mod:`workbench.atv.checkpoints`) are locked for the whole run, never cleared by a fresh run
-(earlier checkpoints need ``resume=True``), and a resume refuses a checkpoint trained with another config.
+(earlier checkpoints need ``resume=True``), and a resume refuses a checkpoint trained with another config or
+another generator architecture; they hold no pickle (:mod:`workbench.atv.training_state`).
 
 Runs under 🤗 accelerate: ``accelerate launch --num_processes N script.py`` splits each global batch over the
 processes (``split_batches``), gradients are averaged by DDP, so N processes reach the weights one process reaches
@@ -36,88 +37,29 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.atv.checkpoints import (
-    STATE,
+    EPOCH,
+    GENERATOR,
     check_checkpoint_dir,
-    check_resume_config,
+    check_epochs_free,
+    check_resume,
     checkpoint_lock,
     latest_checkpoint,
+    resume_from,
     save_checkpoint,
-    set_rng_state,
 )
-from workbench.atv.examples import GENERATOR_INPUTS, Example, tokenize_pair, training_examples
+from workbench.atv.epoch_choice import EpochKeeper
+from workbench.atv.examples import Example, tokenize_pair, training_examples
 from workbench.atv.fastpath import PrefixStore, fast_pair_losses, head_lengths
 from workbench.atv.generator import ATVGenerator, check_compatible
 from workbench.atv.loss import pair_losses
-from workbench.core.interventions import POSITIONS, Injection, layer_spec, resolve_layers
-from workbench.tasks.prompts import PREFIXES, TRAIN_PREFIX
+from workbench.atv.train_config import ENCODER_MODES, GENERATOR_PRECISIONS, TrainConfig  # noqa: F401 (re-exported)
+from workbench.core.interventions import Injection, resolve_layers
 from workbench.tasks.registry import Task, TaskSpec, resolve_tasks
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
 
-ENCODER_MODES = ("train", "eval", "frozen")
-GENERATOR_PRECISIONS = ("float32", "bfloat16", "float16")
 VALID_BATCH = 24
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run depends on (recorded with every checkpoint)."""
-
-    lr: float = 5e-4
-    weight_decay: float = 1e-5
-    epochs: int = 15
-    scale: float = 1e-3  # λ
-    n_train: int = 90  # items per task (each seen under the task's 3 templates)
-    batch_size: int = 1  # items per optimizer step (global, over all processes)
-    layers: Any = "all"
-    positions: str = "last"
-    seed: int = 42
-    generator_input: str = "prompt"  # "prompt" (paper) or "official" ("Q: {input} \n A: ")
-    prefix: str = TRAIN_PREFIX
-    fast_path: bool = True  # prefix-cached loss (positions "last" only)
-    cache_budget_mb: float = 2048.0  # memory for prefix caches kept across epochs
-    valid_items: int = 8  # valid items per task for valid_loss / valid_acc (0: no validation)
-    encoder_train_mode: str = "train"  # "train" (dropout on, official), "eval" (dropout off), "frozen"
-    generator_precision: str = "float32"  # or mixed precision: the generator runs under autocast ("bfloat16"/"float16")
-    checkpoint_dir: str | None = None
-    tasks: tuple[str, ...] = ()  # names of the tasks trained on (train_atv sets them)
-
-    def validate(self) -> TrainConfig:
-        def positive(name: str, integer: bool = False, zero_ok: bool = False) -> None:
-            v = getattr(self, name)
-            ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-            if isinstance(v, bool) or not ok_type or not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
-                kind = "int" if integer else "number"
-                raise ValueError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite {kind}, "
-                                 f"got {v!r}")
-
-        positive("scale")
-        positive("lr")
-        positive("weight_decay", zero_ok=True)
-        positive("cache_budget_mb", zero_ok=True)
-        for name in ("epochs", "n_train", "batch_size"):
-            positive(name, integer=True)
-        positive("valid_items", integer=True, zero_ok=True)
-        choices = {"positions": POSITIONS, "generator_input": GENERATOR_INPUTS, "encoder_train_mode": ENCODER_MODES,
-                   "prefix": PREFIXES, "generator_precision": GENERATOR_PRECISIONS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; use one of {allowed}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
-        Injection(torch.zeros(1, 1), self.scale, self.layers, self.positions)  # layer-spec checks
-        if isinstance(self.tasks, str) or not isinstance(self.tasks, (tuple, list)) or not all(
-                isinstance(t, str) and t for t in self.tasks):
-            raise ValueError(f"tasks must be a tuple of task names, got {self.tasks!r}")
-        self.tasks = tuple(self.tasks)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["layers"] = layer_spec(self.layers)
-        d["tasks"] = list(self.tasks)
-        return d
 
 
 # --------------------------------------------------------------------------------------------- batching
@@ -289,17 +231,6 @@ def set_up_optimizer(generator: ATVGenerator, config: TrainConfig, n_items: int,
     return model, optimizer, loader, sampler
 
 
-def resume_from(checkpoint: Path, generator: ATVGenerator, optimizer: torch.optim.Optimizer) -> tuple[list[dict], int]:
-    """Load weights, optimizer and RNG state from `checkpoint`; returns (history so far, first epoch to run)."""
-    import safetensors.torch
-
-    state = torch.load(checkpoint / STATE, weights_only=False)
-    safetensors.torch.load_model(generator, str(checkpoint / "generator" / "generator.safetensors"))
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    return state["history"], state["epoch"] + 1
-
-
 def run_epoch(model: Any, batcher: Batcher, groups: list[list[int]], loader: Any, optimizer: torch.optim.Optimizer,
               accelerator: Any, epoch: int, config: TrainConfig, ckpt: Path | None, progress: bool) -> float:
     """One pass over the item batches (one optimizer step each); returns the mean train loss. A non-finite loss
@@ -349,8 +280,13 @@ def train_atv(
 
     With a checkpoint folder a checkpoint is written atomically after every epoch and the folder is locked for the
     whole run (a second training on it fails at once). A folder that already holds checkpoints needs
-    ``resume=True`` (they are never deleted); ``resume=True`` continues from the newest complete one and refuses a
-    folder without one, or a checkpoint trained with another config (only ``epochs`` may change)."""
+    ``resume=True`` (they are never deleted); ``resume=True`` continues from the newest complete one and refuses,
+    before any training: a folder without one, a checkpoint trained with another config (only ``epochs`` may
+    change) or made by a generator of another architecture (encoder, pooling, bottleneck, LoRA, input_norm, dtype),
+    and ``epochs`` below the epochs the checkpoint holds (naming both; ``epochs`` equal to them trains nothing and
+    returns the checkpoint's history, the generator holding its weights). An ``epoch-NNN`` entry that the run would
+    write and that is not a complete checkpoint (a partial copy, a user's folder) is refused up front too, as are
+    checkpoints of the older pickle format (never loaded)."""
     task_list = resolve_tasks(tasks)
     config = checked_config(config, task_list)
     if not isinstance(generator, ATVGenerator):
@@ -368,7 +304,9 @@ def train_atv(
     with checkpoint_lock(ckpt) if ckpt is not None and main else contextlib.nullcontext():
         last = check_checkpoint_dir(ckpt, resume)  # again, now that the folder is ours
         if last is not None:
-            check_resume_config(ATVGenerator.read_meta(last / "generator").get("train_config", {}), config)
+            check_compatible(ATVGenerator.read_meta(last / GENERATOR), lm, last / GENERATOR)
+            check_resume(last, config, generator)
+        check_epochs_free(ckpt, 1 if last is None else int(EPOCH.match(last.name)[1]) + 1, config.epochs)
         return _train(lm, generator, task_list, config, ckpt, last, callback, progress and main, accelerator)
 
 
@@ -386,6 +324,7 @@ def _train(lm: LanguageModel, generator: ATVGenerator, tasks: list[Task], config
     history, start = resume_from(last, generator, optimizer) if last is not None else ([], 1)
     initial = (history[0].get("initial") if history
                else dict(zip(("valid_loss", "valid_acc"), validation_scores(generator, valid_batcher))))
+    keeper = EpochKeeper(config.keep_epoch, ckpt)
     epochs = tqdm(range(start, config.epochs + 1), desc="epochs", disable=not progress, initial=start - 1,
                   total=config.epochs)
     for epoch in epochs:
@@ -397,13 +336,19 @@ def _train(lm: LanguageModel, generator: ATVGenerator, tasks: list[Task], config
         history.append({**row, **({"initial": initial} if not history else {})})
         epochs.set_postfix(train=f"{row['train_loss']:.3f}", valid=f"{row['valid_loss']:.3f}",
                            acc=f"{row['valid_acc']:.2f}")
+        keeper.after_epoch(generator, history)
         if ckpt is not None and accelerator.is_main_process:
-            save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, epoch, history)
+            save_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, epoch, history,
+                            keep=keeper.protected(history))
         accelerator.wait_for_everyone()
         if callback is not None and accelerator.is_main_process:
             callback(history_frame(history, config, initial, store, prefix_seconds))
+    kept = keeper.restore(generator, history) if history else None
+    generator.meta["kept_epoch"] = kept
     generator.eval()
-    return history_frame(history, config, initial, store, prefix_seconds)
+    df = history_frame(history, config, initial, store, prefix_seconds)
+    df.attrs["kept_epoch"] = kept
+    return df
 
 
 def history_frame(history: list[dict], config: TrainConfig, initial: dict, store: PrefixStore,

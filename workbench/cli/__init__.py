@@ -4,7 +4,9 @@ Commands: ``train`` (:mod:`workbench.cli.train`), ``eval`` (:mod:`workbench.cli.
 (:mod:`workbench.cli.data`), ``demo`` (:mod:`workbench.cli.demo`), ``study``
 (:mod:`workbench.cli.study`) and ``install-models``. Every command reports a bad
 input as one ``error: …`` line on stderr with exit code 2 (no traceback), as argparse does for a bad flag; anything
-else is a bug and raises. Every command module is imported up front, so a missing one fails loudly.
+else is a bug and raises. Inputs are checked before any model loads, notebook starts or file is written
+(:mod:`workbench.cli.preflight`, :mod:`workbench.core.checks`). Every command module is imported up front, so a
+missing one fails loudly.
 """
 
 from __future__ import annotations

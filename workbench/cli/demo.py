@@ -14,6 +14,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from workbench.cli.preflight import check_encoder_name, check_model_name, check_output_dir
+from workbench.core.checks import check_int, check_seed
+
 DEMO_PARAMETERS = {"model": "smollm2-135m", "encoder": "minilm-l6", "preset": "cpu-demo", "seed": 42}
 
 
@@ -77,7 +80,18 @@ def print_summary(run_dir: Path) -> None:
             print(wide.to_string())
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """The flags, before a model loads or a notebook starts (ValueError / OSError: ``error: …``, exit code 2)."""
+    check_model_name(args.model)
+    check_encoder_name(args.encoder)
+    check_seed(args.seed, "--seed")
+    if args.n_test is not None:
+        check_int(args.n_test, "--n-test")
+    check_output_dir(args.runs, "--runs")
+
+
 def main(args: argparse.Namespace) -> int:
+    check_inputs(args)
     if args.quick:
         quick(args.model, args.encoder, args.seed)
         return 0

@@ -13,6 +13,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from workbench.cli.preflight import check_generator_dir, check_model_name, check_output_dir, check_threads, set_threads
+from workbench.core.checks import check_int
 from workbench.core.models import load_model
 from workbench.eval.efficiency import efficiency_table
 from workbench.eval.evaluate import check_n_test, check_seeds, evaluate
@@ -74,6 +76,9 @@ def parse_prefixes(values: list[str]) -> Any:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS, default="zero-shot", help="prompting baseline, or atv")
     parser.add_argument("--generator", default=None, help="with --method atv: a generator folder (train's generator/)")
+    parser.add_argument("--allow-fingerprint-mismatch", action="store_true",
+                        help="with --generator: use it although it was made for a large model of the same shape with "
+                             "other weights (by default refused, naming both fingerprints)")
     parser.add_argument("--k", type=int, default=16, help="demonstrations for few-shot / bm25 (default 16)")
     parser.add_argument("--tasks", nargs="+", default=["in_domain"],
                         help="in_domain | unseen | all | extra, or task names (comma/space separated)")
@@ -144,22 +149,29 @@ def check_device(name: str | None) -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     """Check every input before loading the model; bad input raises ValueError (the dispatcher prints ``error:``)."""
+    if args.generator is not None and args.method != "atv":
+        raise ValueError(f"--generator is read only by --method atv, not by --method {args.method}")
+    check_int(args.k, "--k (number of demonstrations)")
     method = None if args.method == "atv" and args.generator else make_method(args.method, args.k)
+    if method is None:
+        check_generator_dir(args.generator)
     templates, prefixes = parse_templates(args.templates), parse_prefixes(args.prefixes)
     variants(templates, prefixes)  # fail on bad inputs before loading the model
     check_n_test(args.n_test)
     check_seeds(args.seeds)
+    check_int(args.batch_size, "--batch-size")
     check_device(args.device)
+    check_threads(args.threads)
+    check_model_name(args.model)
+    if args.run_dir is not None:
+        check_output_dir(args.run_dir, "--run-dir")
     tasks = resolve_tasks(parse_tasks(args.tasks), args.data_dir)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be a positive int, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     lm = load_model(args.model, device=args.device)
     if method is None:
         from workbench.methods.atv import ATV
 
-        method = ATV.load(args.generator, lm)
+        method = ATV.load(args.generator, lm, allow_mismatch=args.allow_fingerprint_mismatch)
     df = evaluate(lm, method, tasks, n_test=args.n_test, templates=templates, prefixes=prefixes,
                   seeds=args.seeds, batch_size=args.batch_size, run_dir=args.run_dir, data_dir=args.data_dir,
                   progress=not args.no_progress, cache=not args.no_cache)

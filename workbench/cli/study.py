@@ -17,7 +17,9 @@
    (with the machine's load) to ``study_time.json``.
 
 ``study.json`` records the configuration; a rerun with another one is refused before anything runs, naming the
-setting, and so is a ``--run-dir`` the study did not make.
+setting, and so is a ``--run-dir`` the study did not make, a ``train/generator/`` that is not the one the study trains
+(another preset, small model, architecture or TrainConfig field) and a training to resume that the train command
+would refuse.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench.cli import train as train_cli
+from workbench.cli.preflight import check_output_dir
+from workbench.core.checks import check_seed
 from workbench.core.files import atomic_write_json, package_versions, read_json
 
 MARKER = "workbench-study"
@@ -71,6 +75,7 @@ def study_config(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--{name.replace('_', '-')} {value!r}: the study needs an int >= {low}")
     if args.n_icl > args.n_test:
         raise ValueError(f"--n-icl {args.n_icl} is more than --n-test {args.n_test}: k-shot items are a subset")
+    check_seed(args.seed, "--seed")
     if not 1 <= args.k <= 16:
         raise ValueError(f"--k {args.k!r}: use 1..16 demonstrations")
     preset = get_preset(PRESET)
@@ -86,8 +91,7 @@ def study_config(args: argparse.Namespace) -> dict[str, Any]:
 def open_study(run: Path, config: dict[str, Any]) -> None:
     """Create the study folder or check that it holds this configuration (before anything runs)."""
     record = run / "study.json"
-    if run.exists() and not run.is_dir():
-        raise NotADirectoryError(f"--run-dir {str(run)!r} is a file, not a folder")
+    check_output_dir(run, "--run-dir")
     if record.exists():
         old = read_json(record, required=("format",), what="the study.json that `python -m workbench study` writes")
         diffs = [f"{key}={old.get(key)!r} (this run: {value!r})" for key, value in config.items()
@@ -102,24 +106,59 @@ def open_study(run: Path, config: dict[str, Any]) -> None:
         atomic_write_json(record, {**config, "packages": package_versions()})
 
 
-def train_generator(run: Path, config: dict[str, Any]) -> Path:
-    """The cpu-full generator in ``run/train/generator`` (trained, or resumed from its checkpoints)."""
-    from workbench.atv.generator import is_checkpoint
-
-    folder = run / "train"
-    if is_checkpoint(folder / "generator"):
-        print(f"study: generator already trained ({folder / 'generator'})", flush=True)
-        return folder / "generator"
+def train_argv(folder: Path, config: dict[str, Any]) -> list[str]:
+    """The flags of the ``python -m workbench train`` run that trains the study's generator into `folder`."""
     argv = ["--preset", PRESET, "--run-dir", str(folder), "--seed", str(config["seed"]), "--quiet"]
     if config["small"]:
         argv += ["--tasks", *config["in_domain"], "--epochs", "1", "--n-train", "4", "--valid-items", "2"]
     if (folder / train_cli.CHECKPOINTS).exists() and any((folder / train_cli.CHECKPOINTS).glob("epoch-*")):
         argv.append("--resume")
+    return argv
+
+
+def check_training(run: Path, config: dict[str, Any]) -> list[str] | None:
+    """Before the long work: a generator already in ``run/train/generator`` must be the one this study trains
+    (preset, small model, architecture and every TrainConfig field; ValueError naming what differs), and a training
+    still to run must pass the train command's checks. Returns that training's flags (None: reuse the generator)."""
+    import argparse
+
+    from workbench.atv.generator import ATVGenerator, is_checkpoint
+
+    folder = run / "train"
+    parser = argparse.ArgumentParser(prog="python -m workbench train")
+    train_cli.add_arguments(parser)
+    argv = train_argv(folder, config)
+    args = parser.parse_args(argv)
+    if not is_checkpoint(folder / "generator"):
+        train_cli.preflight(args)
+        return argv
+    preset, train_config = train_cli.planned(args)
+    meta = ATVGenerator.read_meta(folder / "generator")
+    want = {"preset": preset.name, "encoder": preset.encoder, "bottleneck": None, "lora": None,
+            **{f"train_config.{k}": v for k, v in train_config.to_dict().items() if k != "checkpoint_dir"}}
+    have = {**meta, **{f"train_config.{k}": v for k, v in (meta.get("train_config") or {}).items()}}
+    diffs = [f"{key}: generator {have.get(key)!r}, study {value!r}" for key, value in want.items()
+             if have.get(key) != value]
+    if diffs:
+        raise ValueError(f"{str(folder / 'generator')!r} is not the generator this study trains ({'; '.join(diffs)})"
+                         f"; move {str(folder)!r} away to train it anew, or use another --run-dir")
+    return None
+
+
+def train_generator(run: Path, argv: list[str] | None) -> Path:
+    """The cpu-full generator in ``run/train/generator``: trained (or resumed from its checkpoints) with `argv`,
+    or reused when `argv` is None (:func:`check_training`)."""
+    folder = run / "train"
+    if argv is None:
+        print(f"study: generator already trained ({folder / 'generator'})", flush=True)
+        return folder / "generator"
+    from workbench.atv.generator import is_checkpoint
+
     # a child process, so the memory of the training's prefix cache (~13 GB) is returned before notebook 02 runs
     code = subprocess.call([sys.executable, "-m", "workbench", "train", *argv])
     if code != 0 or not is_checkpoint(folder / "generator"):
-        raise RuntimeError(f"training the generator failed (exit code {code}); rerun the same command to resume "
-                           f"from {folder / train_cli.CHECKPOINTS}")
+        raise ChildProcessError(f"training the generator failed (exit code {code}); rerun the same command to "
+                                f"resume from {folder / train_cli.CHECKPOINTS}")
     return folder / "generator"
 
 
@@ -165,9 +204,10 @@ def main(args: argparse.Namespace) -> int:
     config = study_config(args)
     run = Path(args.run_dir).expanduser().resolve()
     open_study(run, config)
+    training = check_training(run, config)
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    generator = train_generator(run, config)
+    generator = train_generator(run, training)
     stages["train_generator"] = round(time.perf_counter() - start, 1)
     print(f"study: generator ready after {stages['train_generator']:.0f} s; running {NOTEBOOK} "
           f"({len(config['in_domain'])} + {len(config['unseen'])} tasks, {config['n_test']} items × 9 variants)",

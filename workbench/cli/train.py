@@ -3,9 +3,11 @@
     python -m workbench train --preset cpu-demo --run-dir runs/atv-demo [--epochs 3] [--resume]
 
 writes ``<run-dir>/config.json``, ``history.csv`` (one row per epoch), ``checkpoints/`` (after every epoch; resume
-from there) and the final ``generator/``. Before any model is loaded the run folder is checked (not a file; earlier
-checkpoints need ``--resume``; ``--resume`` needs a checkpoint) and locked for the whole run (a second training on
-it fails at once, naming the holder); problems are reported as ``error: …`` with exit code 2.
+from there) and the final ``generator/``. Before any model is loaded the flags (threads, bottleneck, model and
+small-model names, the TrainConfig fields) and the run folder are checked (not a file; earlier checkpoints need
+``--resume``; ``--resume`` needs a checkpoint; a ``config.json``, ``history.csv`` or ``generator/`` another program
+wrote is never replaced) and the folder is locked for the whole run (a second training on it fails at once, naming
+the holder); problems are reported as ``error: …`` with exit code 2.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from workbench.atv.checkpoints import check_checkpoint_dir, check_resume_config, checkpoint_lock
+from workbench.atv.epoch_choice import KEEP_EPOCHS
 from workbench.atv.generator import ATVGenerator, is_checkpoint
 from workbench.atv.presets import Preset, get_preset, presets
 from workbench.atv.training import ENCODER_MODES, GENERATOR_PRECISIONS, TrainConfig, train_atv
+from workbench.cli.preflight import check_encoder_name, check_model_name, check_output_dir, check_threads, set_threads
+from workbench.core.checks import check_int
 from workbench.tasks.registry import resolve_tasks
 
-CHOICES = {"encoder_train_mode": ENCODER_MODES, "generator_precision": GENERATOR_PRECISIONS}
+CHOICES = {"encoder_train_mode": ENCODER_MODES, "generator_precision": GENERATOR_PRECISIONS, "keep_epoch": KEEP_EPOCHS}
 CHECKPOINTS = "checkpoints"
+HISTORY = "history"  # <run-dir>/history.csv, one row per epoch
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -36,7 +40,7 @@ OVERRIDES = {  # flag -> (TrainConfig field, type)
     "--batch-size": ("batch_size", int), "--seed": ("seed", int), "--valid-items": ("valid_items", int),
     "--cache-budget-mb": ("cache_budget_mb", float), "--positions": ("positions", str),
     "--generator-input": ("generator_input", str), "--encoder-mode": ("encoder_train_mode", str),
-    "--generator-precision": ("generator_precision", str),
+    "--generator-precision": ("generator_precision", str), "--keep-epoch": ("keep_epoch", str),
 }
 
 
@@ -73,13 +77,13 @@ def check_run_dir(run: Path, resume: bool) -> Path | None:
     (:func:`workbench.atv.checkpoints.check_checkpoint_dir`), and whose ``config.json`` / ``generator/`` (if any)
     were written by an earlier run of this command. Returns the checkpoint to resume from (None for a fresh run).
     Errors are OSError / ValueError (``error: …``, exit code 2)."""
-    if run.exists() and not run.is_dir():
-        raise NotADirectoryError(f"--run-dir {str(run)!r} is a file, not a folder")
+    check_output_dir(run, "--run-dir")
     last = check_checkpoint_dir(run / CHECKPOINTS, resume)
     if (run / "generator").exists() and not is_checkpoint(run / "generator"):
         raise FileExistsError(f"{str(run / 'generator')!r} exists and is not a generator this command wrote; "
                               f"choose another --run-dir")
     record = run / "config.json"
+    ours = False
     if record.exists():
         try:
             ours = record.is_file() and "train_config" in json.loads(record.read_text())
@@ -88,16 +92,41 @@ def check_run_dir(run: Path, resume: bool) -> Path | None:
         if not ours:
             raise FileExistsError(f"{str(record)!r} exists and is not a record of this command; "
                                   "choose another --run-dir")
+    history = run / f"{HISTORY}.csv"  # rewritten only in a folder of this command (its config.json beside it)
+    if (history.exists() or history.is_symlink()) and not (ours and history.is_file()):
+        raise FileExistsError(f"{str(history)!r} exists and is not the history of a run of this command (no "
+                              "config.json of this command beside it); choose another --run-dir")
     return last
 
 
-def main(args: argparse.Namespace) -> int:
+def check_inputs(args: argparse.Namespace, preset: Preset) -> None:
+    """The flags that are not TrainConfig fields (those: ``TrainConfig.validate``), before any model loads."""
+    check_threads(args.threads)
+    if args.bottleneck is not None:
+        check_int(args.bottleneck, "--bottleneck")
+    check_model_name(preset.model, "--model" if args.model else f"the model of preset {preset.name!r}")
+    check_encoder_name(preset.encoder, "--encoder" if args.encoder else f"the encoder of preset {preset.name!r}")
+
+
+def planned(args: argparse.Namespace) -> tuple[Preset, TrainConfig]:
+    """The preset and the checked TrainConfig (its tasks resolved to names) that these flags train with."""
     preset, config = build(args)
-    config = dataclasses.replace(config, tasks=tuple(t.name for t in resolve_tasks(list(preset.tasks))))
+    return preset, dataclasses.replace(config, tasks=tuple(t.name for t in resolve_tasks(list(preset.tasks))))
+
+
+def preflight(args: argparse.Namespace) -> tuple[Preset, TrainConfig, Path]:
+    """Every check of a run of these flags that needs no model: the flags, the run folder, a resume's config."""
+    preset, config = planned(args)
+    check_inputs(args, preset)
     run = Path(args.run_dir)
     last = check_run_dir(run, args.resume)
     if last is not None:  # a resume with other settings fails before the models are loaded
         check_resume_config(ATVGenerator.read_meta(last / "generator").get("train_config", {}), config)
+    return preset, config, run
+
+
+def main(args: argparse.Namespace) -> int:
+    preset, config, run = preflight(args)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch: one lock holder
     with checkpoint_lock(run / CHECKPOINTS) if main_process else contextlib.nullcontext():
         check_run_dir(run, args.resume)  # again, now that the folder is ours
@@ -109,8 +138,7 @@ def train(args: argparse.Namespace, preset: Preset, config: TrainConfig, run: Pa
     from workbench.core.files import atomic_write_json, package_versions
     from workbench.ui.export import save_table
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     lm, generator, tasks = preset.load(config, bottleneck=args.bottleneck, lora_r=8 if args.light else None)
     report = generator.parameter_report(lm)
     record: dict[str, Any] = {"preset": preset.name, "model": lm.describe(), "encoder": generator.encoder.describe(),
@@ -130,7 +158,7 @@ def train(args: argparse.Namespace, preset: Preset, config: TrainConfig, run: Pa
                        callback=show, progress=not args.quiet)
     except FloatingPointError as err:  # a diverging run (λ / lr too large): reported like any bad setting
         raise ValueError(str(err)) from err
-    save_table(df, run, "history")
+    save_table(df, run, HISTORY)
     generator.save(run / "generator", train_config=config.to_dict(), preset=preset.name)
     print(f"before training: valid_loss {df.attrs['initial']['valid_loss']:.4f}, "
           f"valid_acc {df.attrs['initial']['valid_acc']:.3f}")

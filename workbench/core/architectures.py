@@ -2,9 +2,9 @@
 
 Module contents:
 
-- :class:`Architecture`: where the decoder blocks are, what the attention/MLP submodules are called, which
-  projections LoRA adapts (as the frozen large model, and as the trainable small model of ATV-Light), and a tiny
-  config for tests built in code (:mod:`workbench.core.testing`).
+- :class:`Architecture`: where the decoder blocks and the final norm are, what the attention/MLP submodules are
+  called, which projections LoRA adapts (as the frozen large model, and as the trainable small model of
+  ATV-Light), and a tiny config for tests built in code (:mod:`workbench.core.testing`).
 - :data:`ARCHITECTURES`: ``model_type -> Architecture``; :func:`architecture_of` looks one up with a clear error.
 - :func:`lora_parameter_count`: LoRA's trainable parameters on a large model, counted from module shapes.
 """
@@ -27,6 +27,7 @@ class Architecture:
     layers: str  #: attribute path of the decoder-block ModuleList from the *ForCausalLM model
     attention: str = "self_attn"  #: attention submodule of a block
     mlp: str = "mlp"  #: MLP submodule of a block
+    final_norm: str = "norm"  #: the norm before the unembedding, an attribute of the module holding the blocks
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  #: LoRA baseline targets (query/value projections)
     encoder_lora_targets: tuple[str, ...] | None = None  #: ATV-Light targets when used as the small model
     fan_in_fan_out: bool = False  #: Conv1D weights (GPT-2): peft needs fan_in_fan_out=True
@@ -43,14 +44,14 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gemma2": Architecture("model.layers", tiny={**_KV, "head_dim": 8}),
     "gemma3_text": Architecture("model.layers", tiny={**_KV, "head_dim": 8}),
     "gemma3": Architecture("model.language_model.layers"),
-    "phi": Architecture("model.layers", tiny=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                                  num_attention_heads=4)),
+    "phi": Architecture("model.layers", final_norm="final_layernorm",
+                        tiny=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4)),
     "phi3": Architecture("model.layers", lora_targets=("qkv_proj",), tiny=_KV),
-    "gpt2": Architecture("transformer.h", attention="attn", lora_targets=("c_attn",),
+    "gpt2": Architecture("transformer.h", attention="attn", final_norm="ln_f", lora_targets=("c_attn",),
                          encoder_lora_targets=("c_attn",), fan_in_fan_out=True,
                          tiny=dict(n_embd=32, n_layer=4, n_head=4)),
-    "gpt_neox": Architecture("gpt_neox.layers", attention="attention", lora_targets=("query_key_value",),
-                             encoder_lora_targets=("query_key_value",),
+    "gpt_neox": Architecture("gpt_neox.layers", attention="attention", final_norm="final_layer_norm",
+                             lora_targets=("query_key_value",), encoder_lora_targets=("query_key_value",),
                              tiny=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                                        num_attention_heads=4)),
     # encoder-only small models (ATV's generator); no decoder blocks to steer

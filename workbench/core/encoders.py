@@ -103,10 +103,15 @@ class Encoder(nn.Module):
                 "parameters": sum(p.numel() for p in self.parameters())}
 
 
-def scratch_body(layers: int, width: int, vocab_size: int, max_positions: int = 1024) -> GPT2Model:
-    """A randomly initialised GPT-2-style transformer with `layers` blocks of `width` (heads of 64 dims)."""
+def check_scratch_shape(layers: int, width: int) -> None:
+    """ValueError unless a ``scratch:<layers>x<width>`` encoder can be built (>= 1 layer, width >= 8)."""
     if layers < 1 or width < 8:
         raise ValueError(f"scratch encoder needs >= 1 layer and width >= 8, got {layers}x{width}")
+
+
+def scratch_body(layers: int, width: int, vocab_size: int, max_positions: int = 1024) -> GPT2Model:
+    """A randomly initialised GPT-2-style transformer with `layers` blocks of `width` (heads of 64 dims)."""
+    check_scratch_shape(layers, width)
     heads = max(1, width // 64) if width % 64 == 0 else next(h for h in (8, 4, 2, 1) if width % h == 0)
     cfg = GPT2Config(vocab_size=vocab_size, n_embd=width, n_layer=layers, n_head=heads, n_positions=max_positions,
                      bos_token_id=None, eos_token_id=None)

@@ -3,7 +3,11 @@
 Module contents: :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_write_json` go through a
 temporary file in the destination folder and :func:`os.replace`, so a crash mid-write leaves either the old file or
 the new one, never a truncated one, and no temporary file behind; :func:`replace_dir` does the same for a finished
-folder. :func:`read_json` reads a JSON file the workbench wrote back, with errors naming the file and what is wrong.
+folder. None of them writes through a symbolic link planted under the name (:func:`os.replace` replaces the link).
+Every temporary name carries the writer's pid (``.<name>.<pid>-<random>.tmp``, ``.<name>.old-<pid>``), so what a
+killed writer left is told apart from a live writer's work: :func:`recover_dir` (run by every atomic write and
+folder swap, and by loaders) puts back a folder whose swap was cut and removes the debris of dead writers.
+:func:`read_json` reads a JSON file the workbench wrote back, with errors naming the file and what is wrong.
 :func:`package_versions` is what every run records; :func:`new_run_dir` makes a timestamped run folder;
 :func:`repo_root` is the one place the checkout is located from.
 """
@@ -15,6 +19,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -26,7 +31,8 @@ from typing import IO, Any
 
 __all__ = [
     "DEFAULT_PACKAGES", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "new_run_dir",
-    "package_versions", "atomic_dir", "replace_dir", "repo_root", "FileFormatError", "read_json",
+    "package_versions", "atomic_dir", "replace_dir", "repo_root", "FileFormatError", "read_json", "recover_dir",
+    "recover_folder", "remove_dir",
 ]
 
 #: Distributions reported by :func:`package_versions` by default (plus ``python`` and ``platform``).
@@ -48,7 +54,8 @@ def _atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     """Open a temporary sibling of ``path``; on success fsync and ``os.replace`` it onto ``path``, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    recover_dir(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding, newline=None if "b" in mode else "") as f:
             yield f
@@ -191,13 +198,77 @@ def new_run_dir(root: str | os.PathLike = "runs", prefix: str = "",
     raise FileExistsError(f"could not create a new run directory under {root!r} for {base!r}")
 
 
+# ----------------------------------------------------------------------------------------------- folder swaps
+#: What the workbench's writers leave while they work: a temporary copy (``.<name>.<pid>-<random>.tmp``), the old
+#: folder during a swap (``.<name>.old-<pid>``) and a folder being removed (``.<name>.del-<pid>``).
+_DEBRIS = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-[a-z0-9_]+\.tmp|(?P<kind>old|del)-(?P<opid>\d+))$")
+
+
+def _tmp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` (on this host) may still be working on its temporary files."""
+    if pid == os.getpid() or os.name != "posix":  # elsewhere os.kill(pid, 0) would not be a harmless probe
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _recover(folder: Path, name: str | None) -> None:
+    try:
+        entries = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    found: dict[str, list[tuple[str, Path]]] = {}  # target name -> [(kind, debris path)], dead writers only
+    for entry in entries:
+        m = _DEBRIS.match(entry)
+        if m is None or (name is not None and m["name"] != name) or _alive(int(m["pid"] or m["opid"])):
+            continue
+        found.setdefault(m["name"], []).append((m["kind"] or "tmp", folder / entry))
+    for target_name, debris in found.items():
+        target = folder / target_name
+        olds = [p for kind, p in debris if kind == "old"]
+        if olds and not _exists(target):  # a swap was cut between its two renames: the old folder goes back
+            back = max(olds, key=lambda p: p.lstat().st_mtime_ns)
+            os.replace(back, target)
+            debris = [(k, p) for k, p in debris if p != back]
+        for _, p in debris:
+            _remove(p)
+
+
+def recover_dir(target: str | os.PathLike) -> None:
+    """Undo what a killed writer of `target` left: if `target` is missing and a folder swap of it was cut, the old
+    folder is put back under its name; temporary copies and old folders of writers that are no longer running are
+    removed (a running writer's are left alone). Only names the workbench's writers use are touched."""
+    target = Path(target)
+    _recover(target.parent, target.name)
+
+
+def recover_folder(folder: str | os.PathLike) -> None:
+    """:func:`recover_dir` for every entry of `folder` that a killed writer left debris of."""
+    _recover(Path(folder), None)
+
+
 def replace_dir(src: Path, target: Path) -> None:
     """Move the finished folder `src` onto `target`; an existing `target` is renamed away first, then removed.
 
-    Callers decide whether `target` may be replaced (:func:`atomic_dir` refuses what the workbench did not write).
+    A kill between the two renames leaves the old folder as ``.<name>.old-<pid>``, which :func:`recover_dir` (run by
+    the next save or load of `target`) puts back. Callers decide whether `target` may be replaced
+    (:func:`atomic_dir` refuses what the workbench did not write).
     """
     old = None
-    if target.exists() or target.is_symlink():
+    if _exists(target):
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         _remove(old)
         os.replace(target, old)
@@ -211,10 +282,22 @@ def replace_dir(src: Path, target: Path) -> None:
         _remove(old)
 
 
+def remove_dir(path: str | os.PathLike) -> None:
+    """Remove a folder the workbench wrote so that a kill midway never leaves a partial copy under its name: it is
+    renamed to ``.<name>.del-<pid>`` first (removed by the next :func:`recover_dir`/:func:`recover_folder`)."""
+    path = Path(path)
+    if not _exists(path):
+        return
+    doomed = path.with_name(f".{path.name}.del-{os.getpid()}")
+    _remove(doomed)
+    os.replace(path, doomed)
+    _remove(doomed)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
+    elif _exists(path):
         path.unlink(missing_ok=True)
 
 
@@ -225,17 +308,19 @@ def atomic_dir(target: str | os.PathLike, owned: Callable[[Path], bool] | None =
 
     An existing `target` is replaced only when it is an empty folder, when ``owned(target)`` says the workbench wrote
     it (e.g. an earlier checkpoint of the same kind), or with ``overwrite=True``; anything else (a file, a folder of
-    the user's) raises FileExistsError naming it, before anything is written. On error nothing is left behind.
+    the user's) raises FileExistsError naming it, before anything is written. On error nothing is left behind; after
+    a kill, the next call (or :func:`recover_dir`) restores `target` and removes the debris.
     """
     target = Path(target)
-    if (target.exists() or target.is_symlink()) and not overwrite:
+    recover_dir(target)
+    if _exists(target) and not overwrite:
         empty = target.is_dir() and not target.is_symlink() and not any(target.iterdir())
         if not (empty or (target.is_dir() and owned is not None and owned(target))):
             kind = "a file" if not target.is_dir() else "a folder the workbench did not write"
             raise FileExistsError(f"refusing to write the {what} to {str(target)!r}: it is {kind}; choose a new path "
                                   f"or pass overwrite=True to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         replace_dir(tmp, target)

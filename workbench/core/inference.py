@@ -1,20 +1,26 @@
-"""Forward passes of the large model through nnsight: next-token logits, greedy generation, hidden states.
+"""Forward passes of the large model through nnsight: next-token logits, generation, hidden states.
 
 Prompts are checked (:func:`check_prompts`: strings, valid Unicode), left padded and batched (:func:`encode`: every
 prompt must have at least one token and fit the model's position limit ``lm.max_length``, or be cut from the left
 with ``truncate="left"``); an optional :class:`~workbench.core.interventions.Intervention` edits activations inside
-the trace. Functions: :func:`next_token_logits`, :func:`last_token_states`, :func:`generate`.
+the trace. Functions: :func:`next_token_logits`, :func:`last_token_states`, :func:`generate` (greedy or sampled,
+stop strings, log-probabilities: the decoding policy is :mod:`workbench.core.sampling`). A too-long prompt is a
+:class:`PromptTooLong` carrying its index; NaN/inf or constant logits (an intervention far too strong) give one
+:class:`BadLogitsWarning` per call of :func:`next_token_logits` / :func:`generate`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
+from workbench.core.checks import check_choice, check_int
 from workbench.core.interventions import Intervention, as_intervention, stack_injections, stackable
 from workbench.core.kv_cache import KV, BodyCache, cache_kwarg, output_cache, shared_bodies, tail_inputs
+from workbench.core.sampling import Decoder, Generation, check_sampling, check_stop, join
 from workbench.core.tokens import add_bos
 from workbench.core.tokens import check_text
 
@@ -22,6 +28,38 @@ if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
 
 TRUNCATE = (None, "left")
+
+
+class PromptTooLong(ValueError):
+    """A prompt with more tokens than the model's positions allow; ``index`` is its place in the caller's list (so a
+    caller that knows what the prompt is, e.g. :func:`workbench.evaluate`, can name it)."""
+
+    def __init__(self, message: str, index: int, tokens: int, limit: int):
+        super().__init__(message)
+        self.index, self.tokens, self.limit = index, tokens, limit
+
+
+class BadLogitsWarning(RuntimeWarning):
+    """A forward pass gave logits with NaN/inf, or all equal (usually an intervention far too strong)."""
+
+
+def warn_bad_logit_rows(bad: torch.Tensor, where: str, stacklevel: int = 3) -> None:
+    """One :class:`BadLogitsWarning` when any entry of the ``[B]`` bool `bad` is set (rows flagged by
+    :func:`bad_logit_rows`, the test :func:`workbench.evaluate` reports too)."""
+    n = int(bad.sum())
+    if n:
+        warnings.warn(f"{where}: {n} of {bad.numel()} prompts had non-finite or constant logits, so their "
+                      "predictions are meaningless. The intervention is probably far too strong.", BadLogitsWarning,
+                      stacklevel=stacklevel)
+
+
+def bad_logit_rows(logits: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: the row of ``[B, V]`` logits has a NaN/inf or all its values are equal (nothing to rank); the
+    one test :func:`generate`, :func:`next_token_logits` and :func:`workbench.evaluate` (its scoring) apply."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [B, V], got shape {tuple(logits.shape)}")
+    x = logits.detach()
+    return ~torch.isfinite(x).all(dim=-1) | (x.amax(dim=-1) == x.amin(dim=-1))
 
 
 def check_prompts(prompts: Sequence[str]) -> list[str]:
@@ -70,8 +108,9 @@ def encode(lm: LanguageModel, prompts: Sequence[str], truncate: str | None = Non
         else:
             i = max(range(len(lengths)), key=lengths.__getitem__)
             room = f" minus {reserve} new tokens" if reserve else ""
-            raise ValueError(f"prompt {first_index + i} has {lengths[i]} tokens, more than the limit of {limit} "
-                             f"({lm.name} has {lm.max_length} positions{room}); shorten it or pass truncate='left'")
+            raise PromptTooLong(f"prompt {first_index + i} has {lengths[i]} tokens, more than the limit of {limit} "
+                                f"({lm.name} has {lm.max_length} positions{room}); shorten it or pass "
+                                "truncate='left'", first_index + i, lengths[i], limit)
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
@@ -97,12 +136,15 @@ def next_token_logits(
     injection: Intervention | None = None,
     batch_size: int = 8,
     truncate: str | None = None,
+    warn: bool = True,
 ) -> torch.Tensor:
     """Logits ``[B, V]`` at the last prompt token (float32 on CPU).
 
     If the intervention requires grad, the result keeps the graph so gradients reach it (the model's weights are
     frozen and get none); otherwise the pass runs without autograd. A prompt longer than ``lm.max_length`` tokens
-    raises unless ``truncate="left"`` (keep its last tokens).
+    raises (:class:`PromptTooLong`) unless ``truncate="left"`` (keep its last tokens). Rows with NaN/inf or constant
+    logits give one :class:`BadLogitsWarning` (``warn=False``: the caller reports them, as :func:`workbench.evaluate`
+    does).
     """
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
@@ -118,7 +160,10 @@ def next_token_logits(
                     injection.apply(lm, rows, enc["attention_mask"])
                 logits = lm.nn.output.logits.save()
             outputs.append(logits[:, -1].float())
-    return torch.cat(outputs).cpu()
+    out = torch.cat(outputs).cpu()
+    if warn:
+        warn_bad_logit_rows(bad_logit_rows(out), "next_token_logits")
+    return out
 
 
 def last_token_states(lm: LanguageModel, prompts: Sequence[str], batch_size: int = 8,
@@ -147,44 +192,66 @@ def generate(
     steps: str = "first",
     batch_size: int = 8,
     truncate: str | None = None,
-) -> list[str]:
-    """Greedy continuations of `prompts`.
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: Sequence[str] | None = None,
+    return_logprobs: bool = False,
+) -> list[str] | Generation:
+    """Continuations of `prompts`: greedy (``temperature=0``, the default) or sampled.
 
-    ``steps="first"`` injects only while reading the prompt (the KV cache carries the effect forward);
-    ``steps="all"`` also injects at every generated token. Prompt + `max_new_tokens` must fit ``lm.max_length``
-    (``truncate="left"`` cuts the prompt's start to make room).
+    ``steps="first"`` injects only while reading the prompt (the KV cache carries the effect forward: the paper);
+    ``steps="all"`` also injects at every generated token (what llama.cpp's control vectors and lm-eval's ``steered``
+    model do). An :class:`~workbench.Injection` with ``[n, L, d]`` vectors steers each prompt with its own.
+    Sampling (:mod:`workbench.core.sampling`): ``softmax(logits / temperature)`` restricted to the `top_k` most likely
+    tokens, then to the smallest set of probability `top_p`; each prompt draws from its own generator seeded from
+    (`seed`, its index), so a seed reproduces the texts whatever the batch size (``seed=None``: a fresh one, recorded
+    in the result). A prompt stops at EOS, after `max_new_tokens`, or once its text contains one of the `stop`
+    strings (its text is cut before the first one). Prompt + `max_new_tokens` must fit ``lm.max_length``
+    (``truncate="left"`` cuts the prompt's start to make room). Returns the texts, or with ``return_logprobs=True`` a
+    :class:`~workbench.core.sampling.Generation` (texts, token ids, the model's log-probability of each token, why
+    each prompt stopped, the seed). Prompts whose logits were NaN/inf or constant at some step (their continuation is
+    garbage) give one :class:`BadLogitsWarning`.
     """
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
     check_truncate(truncate)
-    if steps not in ("first", "all"):
-        raise ValueError(f"unknown steps {steps!r}; use 'first' or 'all'")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    check_choice(steps, "steps", ("first", "all"))
+    check_int(max_new_tokens, "max_new_tokens")
     if max_new_tokens >= lm.max_length:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {lm.name}'s "
                          f"{lm.max_length} positions")
+    sampling = check_sampling(temperature, top_p, top_k, seed)
+    stop = check_stop(stop)
+    if not isinstance(return_logprobs, bool):
+        raise ValueError(f"return_logprobs must be True or False, got {return_logprobs!r}")
     injection = _prepare(lm, injection, len(prompts))
-    texts: list[str] = []
+    parts: list[Generation] = []
+    bad: list[torch.Tensor] = []
     with torch.no_grad():
         for rows in batches(len(prompts), batch_size):
             enc = encode(lm, prompts[rows], truncate, first_index=rows.start, reserve=max_new_tokens)
-            texts.extend(_generate_batch(lm, enc, rows, injection, max_new_tokens, steps))
-    return texts
+            decoder = Decoder(lm.tokenizer, sampling, stop, rows.start, len(prompts[rows]), lm.device,
+                              return_logprobs)
+            bad.append(_generate_batch(lm, enc, rows, injection, max_new_tokens, steps, decoder))
+            parts.append(decoder.result())
+    warn_bad_logit_rows(torch.cat(bad), "generate")
+    result = join(parts)
+    return result if return_logprobs else result.texts
 
 
 def _generate_batch(lm: LanguageModel, enc: dict[str, torch.Tensor], rows: slice, injection: Intervention | None,
-                    max_new_tokens: int, steps: str) -> list[str]:
+                    max_new_tokens: int, steps: str, decoder: Decoder) -> torch.Tensor:
+    """Run one batch through `decoder`; ``[b]`` bool: the prompt's logits were NaN/inf or constant at a step before
+    it ended."""
     mask, positions = enc["attention_mask"], enc["position_ids"]
-    eos = lm.tokenizer.eos_token_id
-    new_tokens: list[torch.Tensor] = []
-    done = torch.zeros(mask.shape[0], dtype=torch.bool, device=lm.device)
+    bad = torch.zeros(mask.shape[0], dtype=torch.bool)
     inputs: dict[str, Any] = dict(enc)
-    cache = None
+    cache, token = None, None
     for step in range(max_new_tokens):
         if cache is not None:
-            inputs = {"input_ids": new_tokens[-1][:, None], "attention_mask": mask,
-                      "position_ids": positions[:, -1:] + 1}
+            inputs = {"input_ids": token[:, None], "attention_mask": mask, "position_ids": positions[:, -1:] + 1}
             positions = torch.cat([positions, inputs["position_ids"]], dim=1)
         extra = {cache_kwarg(lm.hf): cache} if cache is not None else {}
         with lm.nn.trace(**inputs, use_cache=True, logits_to_keep=1, **extra):
@@ -193,16 +260,12 @@ def _generate_batch(lm: LanguageModel, enc: dict[str, torch.Tensor], rows: slice
                 injection.apply(lm, rows, step_mask)
             out = lm.nn.output.save()
         cache = output_cache(out)
-        token = out.logits[:, -1].argmax(-1)
-        if eos is not None:
-            token = torch.where(done, torch.full_like(token, eos), token)
-            done |= token == eos
-        new_tokens.append(token)
+        bad |= (bad_logit_rows(out.logits[:, -1]) & ~decoder.done).cpu()  # a finished prompt's later logits: no
+        token = decoder.step(out.logits[:, -1])
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        if bool(done.all()):
+        if decoder.finished:
             break
-    generated = torch.stack(new_tokens, dim=1)
-    return lm.tokenizer.batch_decode(generated, skip_special_tokens=True)
+    return bad
 
 
 def edits_last_token_only(intervention: Intervention | None) -> bool:
@@ -263,9 +326,9 @@ def body_lengths(lm: LanguageModel, prompts: Sequence[str]) -> tuple[list[list[i
         if not s:
             raise ValueError(f"prompt {i} ({prompts[i]!r}) tokenizes to zero tokens: give it some text")
         if len(s) > lm.max_length:
-            raise ValueError(f"prompt {i} has {len(s)} tokens, more than the limit of {lm.max_length} "
-                             f"({lm.name} has {lm.max_length} positions); shorten it (or evaluate with cache=False "
-                             "and truncate='left')")
+            raise PromptTooLong(f"prompt {i} has {len(s)} tokens, more than the limit of {lm.max_length} "
+                                f"({lm.name} has {lm.max_length} positions); shorten it (or evaluate with cache=False "
+                                "and truncate='left')", i, len(s), lm.max_length)
     return seqs, shared_bodies(seqs)
 
 

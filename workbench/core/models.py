@@ -1,7 +1,10 @@
 """Loading the frozen large model: aliases, HF ids, local folders, GGUF files; decoder-block discovery.
 
 `load_model` returns a :class:`LanguageModel` handle that every other module uses: the transformers model
-(`.hf`), its nnsight wrapper (`.nn`), the tokenizer (left padding), and the decoder blocks (`.layers`).
+(`.hf`), its nnsight wrapper (`.nn`), the tokenizer (left padding), the decoder blocks (`.layers`) and its
+fingerprint (`.fingerprint`, :func:`model_fingerprint`), which fits, generators and run folders record and compare.
+A local folder or .gguf file is named by its resolved absolute path, so the same model given by a relative or an
+absolute path, with a trailing slash or through a symlink, is the same model.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import nnsight
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from workbench.core.architectures import architecture_of
+from workbench.core.architectures import architecture_of, hidden_size_of
 from workbench.core.files import atomic_dir
-from workbench.core.architectures import hidden_size_of
+from workbench.core.fingerprints import tensors_fingerprint
 
 #: Embedded models: alias -> (python package shipping the weights, file inside it or None for an HF folder).
 EMBEDDED_MODELS: dict[str, tuple[str, str | None]] = {
@@ -28,6 +31,8 @@ EMBEDDED_MODELS: dict[str, tuple[str, str | None]] = {
 }
 #: Names recorded for the embedded models (the instruct checkpoint the GGUF was made from).
 EMBEDDED_NAMES = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+#: Values hashed per weight tensor by :func:`model_fingerprint` (an evenly strided sample of the larger ones).
+FINGERPRINT_SAMPLE = 1 << 16
 
 
 def cache_dir() -> Path:
@@ -48,7 +53,11 @@ def package_dir(package: str) -> Path:
 
 @dataclass
 class LanguageModel:
-    """A frozen causal LM with its nnsight wrapper and the facts the workbench needs about it."""
+    """A frozen causal LM with its nnsight wrapper and the facts the workbench needs about it.
+
+    ``fingerprint`` (:func:`model_fingerprint`) is computed once, when the handle is made: weights changed in place
+    afterwards are not seen (LoRA's fit and ``active`` leave them as they were).
+    """
 
     hf: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -57,9 +66,11 @@ class LanguageModel:
     chat: bool = False
     source: str = ""
     nn: Any = field(init=False, repr=False)
+    fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.nn = nnsight.NNsight(self.hf)
+        self.fingerprint = model_fingerprint(self.hf, self.layers)
 
     @property
     def layers(self) -> torch.nn.ModuleList:
@@ -111,7 +122,36 @@ class LanguageModel:
             "hidden_size": self.hidden_size,
             "dtype": str(self.dtype).replace("torch.", ""),
             "chat_template": self.chat,
+            "fingerprint": self.fingerprint,
         }
+
+
+def _base_parameters(module: torch.nn.Module, prefix: str) -> list[tuple[str, torch.Tensor]]:
+    """`module`'s parameters without peft adapters (``lora_*``; ``base_layer.`` dropped from names)."""
+    return [(f"{prefix}.{n.replace('base_layer.', '')}", p) for n, p in module.named_parameters() if "lora_" not in n]
+
+
+def model_fingerprint(hf: PreTrainedModel, layers: torch.nn.ModuleList) -> str:
+    """Fingerprint of a causal LM: its architecture and sizes plus the input embedding and the first and last
+    decoder blocks' weights (at most :data:`FINGERPRINT_SAMPLE` values of each tensor, hashed as bfloat16: the same
+    checkpoint in float32 and bfloat16 fingerprints the same). Two models of the same shape with other weights
+    (another seed, a fine-tune, a model rebuilt at the same path) differ."""
+    cfg = hf.config
+    header = {"architecture": type(hf).__name__, "model_type": getattr(cfg, "model_type", None),
+              "num_layers": len(layers), "hidden_size": hidden_size_of(cfg)}
+    named = [("embedding", hf.get_input_embeddings().weight), *_base_parameters(layers[0], "first"),
+             *_base_parameters(layers[-1], "last")]
+    return tensors_fingerprint(named, header, sample=FINGERPRINT_SAMPLE, as_bfloat16=True)
+
+
+def model_name(name_or_path: str) -> str:
+    """The name recorded for `name_or_path`: the resolved absolute path of an existing local folder or file (so a
+    relative path, a trailing slash or a symlink name the same model), else `name_or_path` unchanged."""
+    path = Path(name_or_path).expanduser()
+    try:
+        return str(path.resolve()) if path.exists() else name_or_path
+    except (OSError, RuntimeError):
+        return name_or_path
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -171,11 +211,12 @@ def resolve_source(name_or_path: str, dtype: torch.dtype) -> tuple[str | Path, d
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
-        return path.parent, {"gguf_file": path.name}, path.stem
+        real = path.resolve()  # the name stays the given file's stem (a symlink's target may be a content hash)
+        return real.parent, {"gguf_file": real.name}, path.stem
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"folder {str(path)!r} has no config.json: not a Hugging Face model folder")
-        return path, {}, str(path)
+        return path.resolve(), {}, str(path.resolve())
     if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise FileNotFoundError(
             f"model {name_or_path!r} is neither an embedded alias ({', '.join(EMBEDDED_MODELS)}), "
@@ -229,4 +270,5 @@ def load_model(
         hf.hf_quantizer = None
     if device is not None:
         hf = hf.to(device)
-    return wrap_model(hf, tokenizer, name=name, source=str(name_or_path), chat=chat)
+    given = name_or_path if name_or_path in EMBEDDED_MODELS else model_name(name_or_path)
+    return wrap_model(hf, tokenizer, name=name, source=given, chat=chat)

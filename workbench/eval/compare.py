@@ -16,7 +16,8 @@ import pandas as pd
 
 from workbench.eval.efficiency import efficiency_table
 from workbench.eval.evaluate import evaluate_many
-from workbench.eval.runs import label_folder
+from workbench.eval.labels import label_folders
+from workbench.eval.run_safety import check_run_folder
 from workbench.eval.tables import summarize
 from workbench.methods import ATV, ELICIT, I2CL, BM25FewShot, FewShot, LoRA, StaticTaskVector, ZeroShot
 from workbench.methods.base import Method
@@ -87,7 +88,8 @@ def compare(
     Tasks: a task name, a Task or a list mixing both (:func:`workbench.tasks.registry.resolve_tasks`; both are
     resolved once, before any fitting). Returns (results: one row per item × variant × seed × method, efficiency:
     Table 5 layout plus fit seconds). With `run_dir`, each method's results go to ``run_dir/<method>/`` (resumable, see
-    :func:`workbench.evaluate`). Evaluation goes through :func:`~workbench.eval.evaluate.evaluate_many`: task by task,
+    :func:`workbench.evaluate`; labels must be plain folder names, :mod:`workbench.eval.labels`, checked with the run
+    folders before any fitting). Evaluation goes through :func:`~workbench.eval.evaluate.evaluate_many`: task by task,
     prompt bodies are computed once for every method that leaves the model's weights alone; a method's latency still
     counts the bodies it read (their measured time), as if it had run alone with the cache.
     With `fit_dir`, what each method learned is saved in ``fit_dir/<label>/`` and reloaded by a rerun instead of
@@ -100,11 +102,13 @@ def compare(
         raise ValueError("methods is empty: give at least one method")
     data_dir = evaluate_kwargs.pop("data_dir", None)
     train_list, eval_list = resolve_tasks(train_tasks, data_dir), resolve_tasks(eval_tasks, data_dir)
+    fit_folders = label_folders(fit_dir, methods) if fit_dir is not None else dict.fromkeys(methods)
+    for folder in (label_folders(run_dir, methods).values() if run_dir is not None else ()):
+        check_run_folder(folder)  # a refused results folder stops the comparison before any fitting
     fit_seconds: dict[str, float] = {}
     reloaded: dict[str, bool] = {}
     for name, method in methods.items():
-        folder = label_folder(fit_dir, name) if fit_dir is not None else None
-        fit_seconds[name], reloaded[name] = fit_or_load(method, lm, train_list, folder)
+        fit_seconds[name], reloaded[name] = fit_or_load(method, lm, train_list, fit_folders[name])
     # task by task, every method on the same items; prompt bodies shared across methods (workbench.eval.evaluate)
     evaluated = evaluate_many(lm, methods, eval_list, run_dir=run_dir, data_dir=data_dir, **evaluate_kwargs)
     frames: dict[str, pd.DataFrame] = {}

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,7 @@ from workbench.core.inference import (
     body_lengths,
     cached_next_token_logits,
     check_batch_size,
+    PromptTooLong,
     joint_intervention,
     next_token_logits,
     row_body_edits,
@@ -53,8 +54,10 @@ from workbench.core.inference import (
 from workbench.core.kv_cache import BodyCache
 from workbench.core.tokens import count_tokens
 from workbench.eval.efficiency import PeakMemory
-from workbench.eval.method_run import MethodRun
-from workbench.eval.runs import label_folder
+from workbench.eval.item_notes import too_long_item, warn_short_splits
+from workbench.eval.method_run import MethodRun, warn_bad_logits
+from workbench.eval.labels import label_folders
+from workbench.eval.run_safety import run_locks
 from workbench.eval.scoring import AnswerTokens, score_row
 from workbench.methods.base import Method, PreparedBatch
 from workbench.tasks.answers import label_token_ids
@@ -146,7 +149,7 @@ def run_batch(lm: Any, method: Method, task: Task, items: list[Any], texts: list
     n = len(items)
     start = time.perf_counter()
     prepared = _check_batch(method.prepare(lm, task, items, texts, seed), n, method)
-    logits = next_token_logits(lm, prepared.prompts, injection=prepared.intervention, batch_size=n)
+    logits = next_token_logits(lm, prepared.prompts, injection=prepared.intervention, batch_size=n, warn=False)
     return prepared, logits, (time.perf_counter() - start) / n
 
 
@@ -195,9 +198,11 @@ def evaluate_task(
             indices = item_sets[seed][rows]
             items = [split_items[i] for i in indices]
             texts = [variant_texts(task, items, t_idx, prefix) for t_idx, prefix in variant_list]
-            runs_ = (run_variants_cached(lm, method, task, items, texts, seed, cache, share_tails)
-                     if cache is not None else
-                     (run_batch(lm, method, task, items, t, seed) for t in texts))
+            try:
+                runs_ = (run_variants_cached(lm, method, task, items, texts, seed, cache, share_tails)
+                         if cache is not None else [run_batch(lm, method, task, items, t, seed) for t in texts])
+            except PromptTooLong as err:  # named by task, item and variant rather than "prompt 0"
+                raise too_long_item(err, lm, method, task, items, indices, texts, variant_list, seed, split) from None
             for v, (prepared, logits, latency) in enumerate(runs_):
                 t_idx, prefix = variant_list[v]
                 batch = BatchResult(seed, t_idx, prefix, indices, items, prepared, logits, latency)
@@ -238,7 +243,7 @@ def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], t
     logits.update(run_row_edits(lm, prepared, [v for v in range(len(prepared)) if v not in logits], n, kwargs))
     for v, p in enumerate(prepared):
         if v not in logits:
-            logits[v] = next_token_logits(lm, p.prompts, injection=p.intervention, batch_size=n)
+            logits[v] = next_token_logits(lm, p.prompts, injection=p.intervention, batch_size=n, warn=False)
     latency = (time.perf_counter() - start + cache.borrowed_seconds - borrowed) / (n * len(texts))
     return [(p, logits[v], latency) for v, p in enumerate(prepared)]
 
@@ -279,19 +284,6 @@ def _tail_sharing(methods: Mapping[str, Method]) -> dict[str, bool]:
     return {k: len(plain) > 1 and k in plain for k in methods}
 
 
-def warn_bad_logits(parts: Sequence[pd.DataFrame], method: Method) -> None:
-    """One warning naming how many rows had garbage logits (NaN/inf or constant) and in which tasks."""
-    df = pd.concat([p for p in parts if "bad_logits" in p], ignore_index=True) if parts else pd.DataFrame()
-    if df.empty or not df["bad_logits"].any():
-        return
-    bad = df[df["bad_logits"].astype(bool)]
-    per_task = bad.groupby("task", sort=False).size()
-    tasks = ", ".join(f"{t} ({n})" for t, n in per_task.items())
-    warnings.warn(f"{method.name}: {len(bad)} of {len(df)} rows had non-finite or constant logits (tasks: {tasks}); "
-                  "they are scored as wrong (column bad_logits). The intervention is probably far too strong.",
-                  RuntimeWarning, stacklevel=3)
-
-
 def evaluate(
     lm: Any,
     method: Method,
@@ -311,7 +303,9 @@ def evaluate(
 
     ``templates``: "all" or template indices (0-2); ``prefixes``: "all" or answer prefixes of
     :data:`workbench.tasks.prompts.PREFIXES`. With ``run_dir`` the config, each finished task's rows and efficiency.json
-    are written atomically, and a rerun skips finished tasks (:mod:`workbench.eval.runs`). The result carries
+    are written atomically, and a rerun skips finished tasks (:mod:`workbench.eval.runs`: a folder holding files an
+    evaluation did not write is refused before any work, naming them; a second evaluation into a folder in use fails
+    at once, naming the holder). The result carries
     ``attrs["efficiency"]`` (mean latency per item, peak memory; :mod:`workbench.eval.efficiency`) and
     ``attrs["config"]``.
     ``cache=True`` (default) computes every prompt body the variants of an item share once
@@ -348,7 +342,8 @@ def evaluate_many(
 
     The methods of one task share one body cache, so a prompt body zero-shot, ATV, static TV and ELICIT all read is
     computed once for all of them (a method that changes the model's weights, LoRA, keeps its own bodies). With
-    `run_dir`, each method's results go to ``run_dir/<label>/`` (resumable). A method's latency rows count the bodies
+    `run_dir`, each method's results go to ``run_dir/<label>/`` (resumable; a label must be a plain folder name,
+    :mod:`workbench.eval.labels`; each folder is locked for the call). A method's latency rows count the bodies
     it read even when an earlier method computed them (their measured time), so latencies compare as if each
     method had run alone with the cache. ``max_items`` (``{label: m}``) evaluates those methods on a seeded subset of
     m of each task's sampled items (:func:`subsample_items`; recorded in their config), e.g. k-shot prompts, which
@@ -368,6 +363,7 @@ def evaluate_many(
             raise ValueError(f"task {task.name!r} has {len(task.templates)} templates; the protocol needs 3")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    warn_short_splits(task_list, n_test, split)  # how many items a split smaller than n_test gives
     limits = dict(max_items or {})
     for label, m in limits.items():
         if label not in methods:
@@ -377,15 +373,19 @@ def evaluate_many(
         raise ValueError(f"cache must be True, False or a BodyCache, got {cache!r}")
     body_cache = BodyCache(TASK_CACHE_MB) if cache is True else (cache or None)
     data_path = next((str(t.path.parent) for t in task_list if t.path is not None), None)
-    folders = {k: (run_dir if _own_folder else label_folder(run_dir, k)) if run_dir is not None else None
-               for k in methods}
-    state = {k: MethodRun(lm, m, [t.name for t in task_list],
+    root = Path(run_dir).expanduser() if run_dir is not None else None
+    folders = ({k: root for k in methods} if _own_folder else label_folders(root, methods)) \
+        if root is not None else dict.fromkeys(methods)
+    state = {k: MethodRun(lm, m, task_list,
                           (n_test, templates, prefixes, seed_list, batch_size, split, limits.get(k)), data_path,
                           folders[k])
-             for k, m in methods.items()}
+             for k, m in methods.items()}  # each checks its run folder, reading only: refusals before any work
     share_tails = _tail_sharing(methods)
-    with tqdm(total=len(task_list) * len(methods), desc=" + ".join(m.name for m in methods.values()),
-              disable=not progress) as bar:
+    with run_locks(f for f in folders.values() if f is not None), \
+            tqdm(total=len(task_list) * len(methods), desc=" + ".join(m.name for m in methods.values()),
+                 disable=not progress) as bar:
+        for run in state.values():
+            run.open()
         for task in task_list:
             item_sets = {s: sample_items(task, n_test, s, split) for s in seed_list}
             for label, method in methods.items():

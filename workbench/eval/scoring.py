@@ -33,18 +33,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
+from workbench.core.inference import bad_logit_rows
 from workbench.tasks.answers import target_first_token
 
 if TYPE_CHECKING:
     from workbench.tasks.registry import Task
-
-
-def bad_logit_rows(logits: torch.Tensor) -> torch.Tensor:
-    """``[B]`` bool: the row of ``[B, V]`` logits has a NaN/inf or all its values are equal (nothing to rank)."""
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be [B, V], got shape {tuple(logits.shape)}")
-    x = logits.detach()
-    return ~torch.isfinite(x).all(dim=-1) | (x.amax(dim=-1) == x.amin(dim=-1))
 
 
 def score_logits(

@@ -2,12 +2,13 @@
 
 Module contents: :func:`summarize` (mean ± sd over seeds, bootstrap intervals over items, macro averages over tasks),
 :func:`format_cell` (a "62.3 ± 2.1▲" cell), :func:`tables_like_paper` (Table 1 / Table 2 / 14 / 15 layouts, with
-significance marks against a baseline). :func:`task_groups` lives in :mod:`workbench.eval.stats` (re-exported).
+significance marks against one or two baselines: ▲/▼ and △/▽ in the same cells). :func:`task_groups` lives in :mod:`workbench.eval.stats` (re-exported).
 Every summary row and table names the score it shows (:data:`workbench.eval.stats.SCORES`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,8 @@ __all__ = ["format_cell", "summarize", "tables_like_paper", "task_groups"]
 
 #: significance marks of :func:`format_cell` / :func:`tables_like_paper`: significantly above / below the baseline
 MARKS = {1: "▲", -1: "▼"}
+#: the marks against a second baseline (e.g. ATV next to zero-shot), so one table carries both comparisons
+SECOND_MARKS = {1: "△", -1: "▽"}
 
 
 # ----------------------------------------------------------------------------------------------- summarize
@@ -180,7 +183,8 @@ _COLS = {"accuracy": ("ci_low", "ci_high"), "label_accuracy": ("label_ci_low", "
 
 def tables_like_paper(
     df: pd.DataFrame, formatted: bool = True, loose: bool = False, score: str | None = None, cell: str = "sd",
-    baseline: str | None = None, ci: float = 0.95, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
+    baseline: str | Sequence[str] | None = None, ci: float = 0.95, alpha: float = 0.05, n_boot: int = 2000,
+    seed: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """Paper layouts from results (or from :func:`summarize`'s output), one row per method.
 
@@ -190,24 +194,33 @@ def tables_like_paper(
     (Table 14), ``accuracy_in_format`` and ``consistency`` (Table 15). Cells: `cell` = "sd" gives "mean ± sd over
     seeds" (the paper's format), "ci" gives "mean ± half-width of the `ci` bootstrap interval"; plain means when
     not `formatted`. With `baseline` (needs results, not a summary), cells of other methods get ▲ / ▼ when
-    :func:`workbench.eval.stats.paired` finds them significantly above / below the baseline (Holm, `alpha`).
-    Each table's ``attrs["score"]`` says what it shows (its column-axis name, briefly). Tables without data are left
-    out.
+    :func:`workbench.eval.stats.paired` finds them significantly above / below the baseline (Holm, `alpha`); with
+    two baselines (e.g. ``("zero-shot", "ATV")``) the second one's marks are △ / ▽, in the same cells. Baselines
+    missing from the results are skipped. Methods keep the order of the results in every table (rows of Tables 1/2,
+    columns of Tables 14/15). Each table's ``attrs["score"]`` says what it shows (its column-axis name, briefly;
+    ``attrs["marks"]`` the marks' meaning). Tables without data are left out.
     """
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; use one of {CELLS}")
     summary_given = "level" in df.columns
-    if summary_given and baseline is not None:
+    if summary_given and baseline:
         raise ValueError("significance marks need the results (one row per item x variant), not a summary")
     s = df if summary_given else summarize(df, loose=loose, ci=ci, score=score, n_boot=n_boot, seed=seed)
     name = s["score"].iloc[0] if "score" in s and len(s) else _resolve_score(score, loose)
+    bases = _baselines(baseline, df if not summary_given else None)
+    if len(bases) > len((MARKS, SECOND_MARKS)):
+        raise ValueError(f"at most two baselines can be marked, got {bases}")
     marks: dict[tuple, str] = {}
-    if baseline is not None:
-        tests = paired(df, baseline=baseline, score=name, ci=ci, alpha=alpha, n_boot=n_boot, seed=seed)
+    for base, symbols in zip(bases, (MARKS, SECOND_MARKS)):
+        tests = paired(df, baseline=base, score=name, ci=ci, alpha=alpha, n_boot=n_boot, seed=seed)
         for r in tests[tests["significant"]].itertuples():
-            marks[(r.method, r.score, r.level, r.name)] = MARKS[1 if r.difference > 0 else -1]
+            key = (r.method, r.score, r.level, r.name)
+            marks[key] = marks.get(key, "") + symbols[1 if r.difference > 0 else -1]
     spread = "± sd over seeds" if cell == "sd" else f"± half-width of the {ci:.0%} bootstrap interval"
-    sig = f"; ▲/▼ significantly above/below {baseline} (paired, Holm, α={alpha})" if baseline is not None else ""
+    meaning = "; ".join(f"{symbols[1]}/{symbols[-1]} significantly above/below {base}"
+                        for base, symbols in zip(bases, (MARKS, SECOND_MARKS)))
+    sig = f"; {meaning} (paired, Holm, α={alpha})" if bases else ""
+    order = list(dict.fromkeys(s["method"]))
 
     def value(r: pd.Series, col: str, mark: str = "") -> Any:
         if not formatted:
@@ -235,6 +248,7 @@ def tables_like_paper(
         t = pd.DataFrame.from_dict(out, orient="index").rename_axis("method")
         what = f"{name} accuracy" if col == "accuracy" else "label accuracy (label_correct)"
         t.attrs["score"] = f"{what}, %" + (f", {spread}{sig}" if formatted else ", mean over seeds")
+        t.attrs["marks"] = meaning
         t.columns.name = f"{kind} acc. %" + ("" if not formatted else " ± sd" if cell == "sd" else f" ± {ci:.0%} CI")
         return t
 
@@ -248,6 +262,21 @@ def tables_like_paper(
     for metric in ("format_adherence", "accuracy_in_format", "consistency"):
         if metric in tasks_ and tasks_[metric].notna().any():
             t = tasks_.pivot(index="name", columns="method", values=metric).rename_axis("task")
+            t = t[[m for m in order if m in t.columns]]  # pivot sorts the methods; keep the results' order
             t.attrs["score"] = f"{metric.replace('_', ' ')} ({name} score), %, pooled over seeds"
             tables[metric] = t
     return tables
+
+
+def _baselines(baseline: str | Sequence[str] | None, results: pd.DataFrame | None) -> list[str]:
+    """`baseline` as a list; with several, those missing from `results` are dropped, and all of them when the results
+    hold a single method (one given as a string is kept: :func:`workbench.eval.stats.paired` then names the error)."""
+    if baseline is None:
+        return []
+    if isinstance(baseline, str):
+        return [baseline]
+    names = list(baseline)
+    if results is not None and "method" in results:
+        present = set(results["method"])
+        names = [b for b in names if b in present] if len(present) > 1 else []
+    return names

@@ -3,6 +3,7 @@
 At evaluation the generator reads the templated prompt text (the paper's and the official evaluation's input), i.e.
 the ``texts`` the evaluator passes (template + "\\n" + prefix, before the chat template); the large model reads
 ``lm.render(text)``. Vectors are computed under ``torch.no_grad`` with the generator in eval mode (dropout off).
+``config()`` records the generator's weight fingerprint, so a run folder of one generator is not resumed with another.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from workbench.atv.generator import ATVGenerator, check_compatible
-from workbench.core.interventions import Injection, LayerSpec, check_positions, check_scale
+from workbench.core.checks import check_int
+from workbench.core.interventions import Injection, LayerSpec, check_positions, check_scale, layer_spec
 from workbench.methods.base import Method, PreparedBatch
 
 if TYPE_CHECKING:
@@ -37,13 +39,14 @@ class ATV(Method):
         self.generator = generator
         self.scale = check_scale(meta.get("scale", 1e-3) if scale is None else scale)
         self.layers = meta.get("layers", "all") if layers is None else layers
+        layer_spec(self.layers)  # the form of the spec now; its range once the model is known
         self.positions = check_positions(meta.get("positions", "last") if positions is None else positions)
-        self.batch_size = batch_size
+        self.batch_size = check_int(batch_size, "batch_size (queries per pass of the generator)")
 
     @classmethod
-    def load(cls, directory: str, lm: LanguageModel, **kwargs: Any) -> ATV:
-        """ATV from a saved generator checkpoint."""
-        return cls(ATVGenerator.load(directory, lm), **kwargs)
+    def load(cls, directory: str, lm: LanguageModel, allow_mismatch: bool = False, **kwargs: Any) -> ATV:
+        """ATV from a saved generator checkpoint (``allow_mismatch``: see :meth:`ATVGenerator.load`)."""
+        return cls(ATVGenerator.load(directory, lm, allow_mismatch=allow_mismatch), **kwargs)
 
     def vectors(self, texts: Sequence[str]) -> torch.Tensor:
         """Per-query vectors ``[B, L, d]`` (no grad, eval mode; the generator's mode is restored afterwards)."""
@@ -71,4 +74,4 @@ class ATV(Method):
         return {"name": self.name, "scale": self.scale, "layers": self.layers, "positions": self.positions,
                 "generator_input_eval": "prompt", "encoder": g["encoder"], "bottleneck": g["bottleneck"],
                 "lora": g["lora"], "trainable_parameters": g["trainable_parameters"],
-                "train_config": g.get("train_config")}
+                "train_config": g.get("train_config"), "generator_fingerprint": self.generator.fingerprint()}

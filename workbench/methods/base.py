@@ -16,13 +16,17 @@ before any chat template; ``lm.render(text)`` turns one into what the model read
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from workbench.core.fingerprints import check_fingerprint
 from workbench.core.interventions import Intervention
 from workbench.tasks.registry import TaskSpec, resolve_tasks
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from workbench.core.models import LanguageModel
 
 
@@ -46,11 +50,45 @@ class Method:
     #: reads: shared-prefix evaluation of several methods then computes each prompt but its last token once for all.
     reads_plain_queries: bool = True
     #: The attributes ``fit`` sets that are worth saving (:mod:`workbench.methods.fitted`: a study reloads them
-    #: instead of refitting); empty for methods whose fit is cheap or saved elsewhere.
+    #: instead of refitting); empty for methods whose fit is cheap or saved elsewhere. Their values must be what
+    #: :mod:`workbench.core.safe_state` keeps (plain Python values, tensors, numpy arrays, registered records such
+    #: as ``DemoPrompt`` and ``QueryIndex``): anything else is a TypeError when the fit is saved, never a pickle.
     fitted_attributes: tuple[str, ...] = ()
+    #: Those of ``fitted_attributes`` written in a file format of their own by :meth:`save_fitted_files` and read
+    #: back by :meth:`load_fitted_files` (LoRA: its adapter, as peft's adapter files).
+    own_format_attributes: tuple[str, ...] = ()
     #: Entries of ``config()`` that report what ``fit`` learned (e.g. LoRA's trainable-parameter count), not a setting:
     #: a saved fit is matched on the other entries, so it is found again before and after fitting alike.
     fitted_config_keys: tuple[str, ...] = ()
+
+    #: Fingerprint of the model the last ``fit`` (or reloaded fit) was made on (:attr:`LanguageModel.fingerprint`);
+    #: set by every subclass's ``fit`` (wrapped in :meth:`__init_subclass__`) and checked by :meth:`check_fitted_for`.
+    fitted_for: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap a subclass's own ``fit`` so that a successful fit records the model it was made on."""
+        super().__init_subclass__(**kwargs)
+        fit = cls.__dict__.get("fit")
+        if fit is None or getattr(fit, "_records_model", False):
+            return
+
+        @functools.wraps(fit)
+        def recorded(self: "Method", lm: "LanguageModel", *args: Any, **kw: Any) -> Any:
+            out = fit(self, lm, *args, **kw)
+            self.fitted_for = getattr(lm, "fingerprint", None)
+            return out
+
+        recorded._records_model = True  # type: ignore[attr-defined]
+        cls.fit = recorded  # type: ignore[method-assign]
+
+    def check_fitted_for(self, lm: "LanguageModel") -> None:
+        """FingerprintMismatch when what ``fit`` learned (``fitted_attributes``) was learned on another model than
+        `lm` (same shape or not): a static vector or a LoRA adapter of model A says nothing about model B. Methods
+        without fitted attributes, or never fitted, pass."""
+        if self.fitted_attributes and self.fitted_for is not None:
+            check_fingerprint(f"{self.name}: fitted on another model than {getattr(lm, 'name', lm)!r}",
+                              self.fitted_for, getattr(lm, "fingerprint", None),
+                              "fit it again on this model (method.fit(lm, tasks)) or use the model it was fitted on")
 
     def fit(self, lm: "LanguageModel", train_tasks: TaskSpec) -> "Method":
         """Learn whatever the method needs from the train splits (no-op by default).
@@ -60,6 +98,17 @@ class Method:
         """
         resolve_tasks(train_tasks)
         return self
+
+    def save_fitted_files(self, folder: Path) -> list[str]:
+        """Write ``own_format_attributes`` into `folder`, each file atomically; return the files' paths relative to
+        `folder` (``/``-separated). Only called for methods that have such attributes."""
+        raise NotImplementedError(f"{type(self).__name__} lists own_format_attributes but does not save them")
+
+    def load_fitted_files(self, folder: Path, advice: str) -> dict[str, Any]:
+        """``{name: value}`` of ``own_format_attributes`` read back from what :meth:`save_fitted_files` wrote (the
+        files' hashes are checked before); a file that cannot be read raises
+        :class:`~workbench.core.files.FileFormatError` naming it and ending with `advice`. Nothing is unpickled."""
+        raise NotImplementedError(f"{type(self).__name__} lists own_format_attributes but does not load them")
 
     def prepare(
         self, lm: "LanguageModel", task: Any, items: Sequence[Any], texts: Sequence[str], seed: int = 42

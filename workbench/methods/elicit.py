@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from workbench.core.inference import next_token_logits
-from workbench.core.interventions import Injection, LayerSpec, resolve_layers
+from workbench.core.checks import check_int, check_number, check_seed, check_template
+from workbench.core.interventions import Injection, LayerSpec, layer_spec, resolve_layers
 from workbench.methods.base import Method, PreparedBatch
 from workbench.methods.demos import demo_prompts, prompt_states, task_rng, zero_shot_texts
 from workbench.tasks.answers import target_first_token
@@ -66,13 +67,17 @@ class ELICIT(Method):
         batch_size: int = 4,
         retriever: str = DEFAULT_RETRIEVER,
     ):
-        if threshold != "auto" and not isinstance(threshold, (int, float)):
-            raise ValueError(f"threshold must be a number or 'auto', got {threshold!r}")
-        if layer_stride < 1 or n_valid < 1 or top_k < 1:
-            raise ValueError("layer_stride, n_valid and top_k must be >= 1")
-        self.k, self.n_prompts, self.n_valid, self.layer_stride = k, n_prompts, n_valid, layer_stride
-        self.top_k, self.threshold_spec, self.recall, self.strength = top_k, threshold, recall, float(strength)
-        self.inject_layers, self.template, self.seed, self.batch_size = inject_layers, template, seed, batch_size
+        if threshold != "auto":
+            check_number(threshold, "threshold (a cosine score, or 'auto')", minimum=None)
+        if inject_layers is not None:
+            layer_spec(inject_layers)  # the form of the spec now; its range at fit, once the model is known
+        self.k, self.n_prompts = check_int(k, "k", minimum=0), check_int(n_prompts, "n_prompts")
+        self.n_valid, self.layer_stride = check_int(n_valid, "n_valid"), check_int(layer_stride, "layer_stride")
+        self.top_k, self.threshold_spec = check_int(top_k, "top_k"), threshold
+        self.recall = check_number(recall, "recall", maximum=1.0)
+        self.strength = check_number(strength, "strength", minimum=None)
+        self.inject_layers, self.template, self.seed = inject_layers, check_template(template), check_seed(seed)
+        self.batch_size = check_int(batch_size, "batch_size")
         self.retriever = retriever
         self.library: torch.Tensor | None = None  # [N, L, d]
         self.entry_tasks: list[str] = []

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from workbench.core.checks import check_int, check_number, check_optional_int, check_seed, check_template
 from workbench.core.inference import next_token_logits
 from workbench.core.interventions import MODULES, ContextInjection, check_positions
 from workbench.methods.base import Method, PreparedBatch
@@ -66,9 +67,17 @@ class I2CL(Method):
         seed: int = 42,
         retriever: str = DEFAULT_RETRIEVER,
     ):
-        self.shots_per_class, self.max_demos, self.epochs, self.lr = shots_per_class, max_demos, epochs, lr
-        self.weight_decay, self.warmup, self.noise, self.batch_size = weight_decay, warmup, noise, batch_size
-        self.init, self.positions, self.template, self.seed = tuple(init), check_positions(positions), template, seed
+        self.shots_per_class = check_int(shots_per_class, "shots_per_class")
+        self.max_demos = check_optional_int(max_demos, "max_demos")
+        self.epochs, self.lr = check_int(epochs, "epochs"), check_number(lr, "lr")
+        self.weight_decay = check_number(weight_decay, "weight_decay", strict=False)
+        self.warmup = check_number(warmup, "warmup (a share of the steps)", strict=False, maximum=1.0)
+        self.noise, self.batch_size = check_number(noise, "noise", strict=False), check_int(batch_size, "batch_size")
+        if isinstance(init, (str, bytes)) or not isinstance(init, Sequence) or len(init) != 2:
+            raise ValueError(f"init must be the pair (a, b) of initial coefficients, got {init!r}")
+        self.init = tuple(check_number(v, "init", minimum=None) for v in init)
+        self.positions, self.template = check_positions(positions), check_template(template)
+        self.seed = check_seed(seed)
         self.retriever = retriever
         self.vectors: dict[str, torch.Tensor] = {}  # task -> context vectors [L, 2, d]
         self.coefs: torch.Tensor | None = None  # [L, 2, 2]: (a, b) per layer and module

@@ -12,22 +12,32 @@ projections, trained on the same examples and loss as ATV.
   base weights, inside ``active(lm)``: evaluation then runs the plain model at the plain model's cost (an unmerged
   peft wrapper traced by nnsight made it ~7x slower than zero-shot). On exit every LoRA layer is replaced by its
   base module and the original weights are copied back, so the parameters and logits are exactly what they were.
+* Saved fits (:mod:`workbench.methods.fitted`): the adapter is written as ``PeftModel.save_pretrained`` writes it,
+  ``adapter/adapter_model.safetensors`` (keys ``base_model.model.<module>.lora_A.weight``) and
+  ``adapter/adapter_config.json``: ``PeftModel.from_pretrained(base_model, "<fit folder>/adapter")`` loads it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import safetensors.torch
 import torch
-from peft import LoraConfig, inject_adapter_in_model
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
 from workbench.atv.examples import training_examples
 from workbench.atv.loss import answer_loss
 from workbench.core.architectures import architecture_of
+from workbench.core.checks import check_int, check_number, check_optional_int, check_seed
+from workbench.core.files import FileFormatError, atomic_write_bytes, atomic_write_text
+from workbench.core.tensorfiles import read_tensors
 from workbench.methods.base import Method
 from workbench.tasks.registry import TaskSpec, resolve_tasks
 
@@ -35,6 +45,8 @@ if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
 
 ADAPTER = "workbench_lora"
+#: Subfolder of a fit folder holding the adapter, and the key prefix of ``PeftModel.save_pretrained``'s weights.
+ADAPTER_DIR, PEFT_PREFIX = "adapter", "base_model.model."
 
 
 def default_epochs() -> int:
@@ -63,7 +75,8 @@ def remove_lora(model: torch.nn.Module) -> int:
 class LoRA(Method):
     """peft LoRA on the query/value projections, attached only inside ``active(lm)`` (see the module docstring)."""
 
-    fitted_attributes = ("state", "targets", "trainable_parameters", "losses")
+    fitted_attributes = ("state", "peft_config", "targets", "trainable_parameters", "losses")
+    own_format_attributes = ("state", "peft_config")  # peft's adapter files
     fitted_config_keys = ("target_modules", "trainable_parameters")
 
     name = "lora"
@@ -81,10 +94,14 @@ class LoRA(Method):
         weight_decay: float = 1e-3,
         seed: int = 42,
     ):
-        self.r, self.alpha, self.dropout, self.lr = r, alpha, dropout, lr
-        self.epochs = default_epochs() if epochs is None else epochs
-        self.n_train, self.batch_size, self.weight_decay, self.seed = n_train, batch_size, weight_decay, seed
-        self.state: dict[str, torch.Tensor] | None = None  # trained LoRA weights (CPU), by parameter name
+        check_number(alpha, "alpha")
+        self.r, self.alpha, self.lr = check_int(r, "r (the LoRA rank)"), alpha, check_number(lr, "lr")
+        self.dropout = check_number(dropout, "dropout", strict=False, maximum=1.0, strict_max=True)
+        self.epochs = default_epochs() if epochs is None else check_optional_int(epochs, "epochs (None: ATV's count)")
+        self.n_train, self.batch_size = check_int(n_train, "n_train"), check_int(batch_size, "batch_size")
+        self.weight_decay, self.seed = check_number(weight_decay, "weight_decay", strict=False), check_seed(seed)
+        self.state: dict[str, torch.Tensor] | None = None  # trained weights (CPU): peft's adapter state dict
+        self.peft_config: LoraConfig | None = None  # the configuration they were trained with
         self.targets: list[str] = []
         self.trainable_parameters = 0
         self.losses: list[float] = []  # mean training loss per epoch
@@ -100,11 +117,13 @@ class LoRA(Method):
         torch.manual_seed(self.seed)  # reproducible initialisation of lora_A
         inject_adapter_in_model(self.lora_config(lm), lm.hf, adapter_name=ADAPTER)
         try:
-            params = {n: p for n, p in lm.hf.named_parameters() if "lora_" in n}
             if self.state is not None:
-                with torch.no_grad():
-                    for n, p in params.items():
-                        p.copy_(self.state[n].to(p.device, p.dtype))
+                loaded = set_peft_model_state_dict(lm.hf, self.state, adapter_name=ADAPTER)
+                missing = [k for k in loaded.missing_keys if "lora_" in k]
+                if loaded.unexpected_keys or missing:
+                    raise ValueError(f"the LoRA weights do not fit this model: unexpected "
+                                     f"{loaded.unexpected_keys[:3]}, missing {missing[:3]}")
+            params = {n: p for n, p in lm.hf.named_parameters() if "lora_" in n}
             for p in params.values():
                 p.requires_grad_(train)
             layers = [m for m in lm.hf.modules() if isinstance(m, LoraLayer)]
@@ -122,7 +141,7 @@ class LoRA(Method):
         targets = [ex.target for ex in examples]
         self.targets = list(architecture_of(lm.hf).lora_targets)
         rng = random.Random(self.seed)
-        self.state, self.losses = None, []
+        self.state, self.losses, self.peft_config = None, [], self.lora_config(lm)
         with self.attached(lm, train=True) as params:
             self.trainable_parameters = sum(p.numel() for p in params)
             opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
@@ -138,8 +157,35 @@ class LoRA(Method):
                         opt.step()
                         losses.append(float(loss.detach()))
                     self.losses.append(sum(losses) / len(losses))
-            self.state = {n: p.detach().cpu().clone() for n, p in lm.hf.named_parameters() if "lora_" in n}
+            self.state = {n: p.detach().cpu().clone()
+                          for n, p in get_peft_model_state_dict(lm.hf, adapter_name=ADAPTER).items()}
         return self
+
+    def save_fitted_files(self, folder: Path) -> list[str]:
+        """The adapter as peft's files: ``adapter/adapter_model.safetensors`` and ``adapter/adapter_config.json``."""
+        if self.state is None or self.peft_config is None:
+            raise RuntimeError("LoRA is not fitted: call fit(lm, in_domain_tasks) first")
+        config = {k: sorted(v) if isinstance(v, set) else v for k, v in self.peft_config.to_dict().items()}
+        weights = {PEFT_PREFIX + k: v.contiguous() for k, v in self.state.items()}
+        atomic_write_bytes(folder / ADAPTER_DIR / SAFETENSORS_WEIGHTS_NAME, safetensors.torch.save(weights))
+        atomic_write_text(folder / ADAPTER_DIR / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return [f"{ADAPTER_DIR}/{SAFETENSORS_WEIGHTS_NAME}", f"{ADAPTER_DIR}/{CONFIG_NAME}"]
+
+    def load_fitted_files(self, folder: Path, advice: str) -> dict[str, Any]:
+        """``state`` and ``peft_config`` from the adapter files :meth:`save_fitted_files` wrote."""
+        weights_path, config_dir = folder / ADAPTER_DIR / SAFETENSORS_WEIGHTS_NAME, folder / ADAPTER_DIR
+        weights = read_tensors(weights_path, advice)
+        foreign = [k for k in weights if not k.startswith(PEFT_PREFIX) or "lora_" not in k]
+        if foreign or not weights:
+            raise FileFormatError(f"{weights_path}: not LoRA weights as peft saves them (keys {foreign[:3]}); {advice}")
+        try:
+            config = LoraConfig.from_pretrained(str(config_dir))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise FileFormatError(f"{config_dir / CONFIG_NAME}: not a LoRA adapter configuration ({e}); {advice}") \
+                from None
+        if not isinstance(config, LoraConfig):
+            raise FileFormatError(f"{config_dir / CONFIG_NAME}: a {type(config).__name__}, not a LoraConfig; {advice}")
+        return {"state": {k[len(PEFT_PREFIX):]: v for k, v in weights.items()}, "peft_config": config}
 
     @contextlib.contextmanager
     def active(self, lm: LanguageModel) -> Iterator[None]:

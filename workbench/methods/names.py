@@ -17,6 +17,9 @@ name            label                 class
                 light generator)
 ==============  ====================  ==========================================
 
+``static-vectors`` (label "static vectors", :class:`~workbench.methods.imported.StaticVectors`) evaluates vectors made
+elsewhere (a llama.cpp / repeng GGUF, a safetensors file, an lm-eval ``.pt``).
+
 ``{k}`` is the method's number of demonstrations (``k-shot`` when only the name is given).
 """
 
@@ -26,6 +29,7 @@ from workbench.methods.atv import ATV
 from workbench.methods.base import Method
 from workbench.methods.elicit import ELICIT
 from workbench.methods.i2cl import I2CL
+from workbench.methods.imported import StaticVectors
 from workbench.methods.lora import LoRA
 from workbench.methods.prompting import BM25FewShot, FewShot, ZeroShot
 from workbench.methods.static import StaticTaskVector
@@ -40,6 +44,7 @@ METHODS: dict[str, tuple[str, type[Method]]] = {
     "i2cl": ("I2CL", I2CL),
     "lora": ("LoRA", LoRA),
     "atv": ("ATV", ATV),
+    "static-vectors": ("static vectors", StaticVectors),
 }
 #: display label of ATV with a light generator (LoRA on the small model, paper §4.5)
 ATV_LIGHT_LABEL = "ATV-Light"

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from workbench.core.interventions import Injection, LayerSpec, Replacement, check_scale, resolve_layers
+from workbench.core.checks import check_int, check_seed, check_template
+from workbench.core.interventions import Injection, LayerSpec, Replacement, check_scale, layer_spec, resolve_layers
 from workbench.methods.base import Method, PreparedBatch
 from workbench.methods.demos import DemoPrompt, demo_prompts, prompt_states
 from workbench.tasks.registry import TaskSpec, resolve_tasks
@@ -56,8 +57,11 @@ class StaticTaskVector(Method):
             raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
         if unseen not in UNSEEN_POLICIES:
             raise ValueError(f"unknown unseen policy {unseen!r}; use one of {UNSEEN_POLICIES}")
-        self.k, self.n_prompts, self.layers, self.scale = k, n_prompts, layers, check_scale(scale)
-        self.mode, self.unseen, self.template, self.seed, self.batch_size = mode, unseen, template, seed, batch_size
+        layer_spec(layers)  # the form of the spec now; its range at fit, once the model is known
+        self.k, self.n_prompts = check_int(k, "k", minimum=0), check_int(n_prompts, "n_prompts")
+        self.layers, self.scale, self.mode, self.unseen = layers, check_scale(scale), mode, unseen
+        self.template, self.seed = check_template(template), check_seed(seed)
+        self.batch_size = check_int(batch_size, "batch_size")
         self.vectors: dict[str, torch.Tensor] = {}
         self.prompts: dict[str, list[DemoPrompt]] = {}
         self.fitted: list[str] = []

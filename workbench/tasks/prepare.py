@@ -1,14 +1,17 @@
 """``python -m workbench data``: prepare and check the task files.
 
-    python -m workbench data prepare --from DIR [--to data/tasks] [--tasks NAME ...]
-    python -m workbench data prepare --hub      [--to data/tasks] [--tasks NAME ...]
+    python -m workbench data prepare --from DIR [--to data/tasks] [--tasks NAME ...] [--overwrite]
+    python -m workbench data prepare --hub      [--to data/tasks] [--tasks NAME ...] [--overwrite]
     python -m workbench data check [--dir DIR]
 
 ``--from`` validates each ``DIR/<task>.json`` (or ``DIR/tasks/<task>.json``) and copies it byte for byte;
 ``--hub`` builds the files with :mod:`workbench.tasks.hub_builders` (needs internet and ``datasets``). Every file is
 written to a temporary file in the target folder and moved into place with ``os.replace``, so a task file is
-either the old one or the complete new one. The default target ``<repo>/data/tasks`` is git-ignored and is the
-folder :func:`workbench.tasks.registry.resolve_data_dir` looks in.
+either the old one or the complete new one (a symbolic link in its place is replaced, never written through). A
+target file that differs from what would be written (an edited task file, a link, a folder) is not replaced
+silently: :func:`write_task_files` refuses, naming every such file, before writing any, unless ``overwrite=True``
+(``--overwrite``); files already identical are left alone. The default target ``<repo>/data/tasks`` is git-ignored
+and is the folder :func:`workbench.tasks.registry.resolve_data_dir` looks in.
 """
 
 from __future__ import annotations
@@ -57,11 +60,34 @@ def _task_files(src: Path, tasks: Sequence[str] | None) -> list[Path]:
     return files
 
 
+def _differs(path: Path, data: bytes) -> bool:
+    """Whether `path` holds something other than `data` (an absent path does not)."""
+    if not _present(path):
+        return False
+    return path.is_symlink() or not path.is_file() or path.read_bytes() != data
+
+
+def write_task_files(payloads: Sequence[tuple[Path, bytes]], overwrite: bool = False) -> list[Path]:
+    """Write every ``(path, bytes)`` atomically; returns the paths. A path holding anything but those very bytes is
+    refused (FileExistsError naming all of them, nothing written) unless `overwrite`; identical files are kept."""
+    differing = [path for path, data in payloads if _differs(path, data)]
+    if differing and not overwrite:
+        names = ", ".join(str(p) for p in differing)
+        raise FileExistsError(f"refusing to replace {len(differing)} file(s) that differ from the task files to be "
+                              f"written (edited by hand, or links): {names}; pass overwrite=True (CLI: --overwrite) "
+                              f"to replace them, or choose another target folder (--to)")
+    for path, data in payloads:
+        if path in differing or not _present(path):
+            atomic_write_bytes(path, data)
+    return [path for path, _ in payloads]
+
+
 def prepare_from(src: str | os.PathLike, dst: str | os.PathLike | None = None,
-                 tasks: Sequence[str] | None = None) -> list[Path]:
+                 tasks: Sequence[str] | None = None, overwrite: bool = False) -> list[Path]:
     """Validate every task file in `src` (all, or `tasks`) and copy it to `dst`; returns the written paths.
 
-    All files are validated before any is written, so a bad file leaves the target untouched.
+    All files are validated before any is written, so a bad file leaves the target untouched; an existing target file
+    that differs is replaced only with `overwrite` (:func:`write_task_files`).
     """
     src_dir = _source_dir(Path(src))
     target = Path(dst) if dst is not None else default_target()
@@ -72,9 +98,7 @@ def prepare_from(src: str | os.PathLike, dst: str | os.PathLike | None = None,
         payloads.append((target / f.name, f.read_bytes()))
     if target.resolve() == src_dir.resolve():
         return [p for p, _ in payloads]
-    for path, data in payloads:
-        atomic_write_bytes(path, data)
-    return [p for p, _ in payloads]
+    return write_task_files(payloads, overwrite)
 
 
 def encode_task(splits: dict) -> bytes:
@@ -84,20 +108,19 @@ def encode_task(splits: dict) -> bytes:
 
 
 def prepare_hub(dst: str | os.PathLike | None = None, tasks: Sequence[str] | None = None,
-                loader=None) -> list[Path]:
-    """Build task files from the hub (default: the 25 paper tasks) and write them atomically."""
+                loader=None, overwrite: bool = False) -> list[Path]:
+    """Build task files from the hub (default: the 25 paper tasks), then write them atomically; an existing target file
+    that differs is replaced only with `overwrite` (:func:`write_task_files`: all are built before any is written)."""
     from workbench.tasks import hub_builders
 
     target = Path(dst) if dst is not None else default_target()
     names = [check_task_name(t) for t in tasks] if tasks else list(REGISTRY)
-    written = []
+    payloads = []
     for name in names:
         splits = hub_builders.load_hub_task(name, **({"loader": loader} if loader else {}))
         validate_task_data(splits, f"hub build of {name}")
-        path = target / f"{name}.json"
-        atomic_write_bytes(path, encode_task(splits))
-        written.append(path)
-    return written
+        payloads.append((target / f"{name}.json", encode_task(splits)))
+    return write_task_files(payloads, overwrite)
 
 
 def check(data_dir: str | os.PathLike | None = None) -> dict[str, dict[str, int]]:

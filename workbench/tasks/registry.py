@@ -8,6 +8,7 @@
   task uses, e.g. ``A``-``R`` for bbh_reasoning_about_colored_objects, ``A``-``J`` for mmlu_pro_math); the others
   with the words listed in ``data/SOURCES.md`` (True/False, Yes/No, positive/negative, True/Neither/False, ...).
   Free-form tasks (a few extra BBH subsets) have no label words (``labels == ()``).
+* ``Task.fingerprint()``: a digest of the task's data (its splits), recorded by run folders.
 * Task names are plain file stems (:func:`check_task_name`); a ``<name>.json`` that is a folder, a broken symlink
   or not UTF-8 raises :class:`TaskDataError` naming it.
 * Data folder: ``resolve_data_dir`` (argument, ``$ATV_DATA_DIR``, ``<repo>/data/tasks``,
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from workbench.core.files import repo_root
+from workbench.core.fingerprints import json_fingerprint
 from workbench.tasks.templates import default_templates
 
 SPLITS = ("train", "valid", "test")
@@ -135,6 +137,13 @@ class Task:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         return getattr(self, name)
+
+    def fingerprint(self) -> str:
+        """Fingerprint of the task's data: its three splits' items (what the workbench reads from the task file, so
+        re-indenting the file changes nothing, while any item changed, added or removed does). Run folders record
+        it per task and refuse to resume a task whose data changed. Computed on each call (tens of ms for the
+        largest task files), so a Task whose splits were replaced is never taken for the old one."""
+        return json_fingerprint({split: getattr(self, split) for split in SPLITS})
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(getattr(self, s))}" for s in SPLITS)

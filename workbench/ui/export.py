@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.core.files import _atomic_open, atomic_write_bytes, atomic_write_text
+from workbench.ui.progress import use_notebook_bars
 
 _png_warned = False
 
@@ -91,10 +92,13 @@ def setup_notebook(renderer: str = "plotly_mimetype") -> None:
 
     Do not add ``+notebook`` here: that renderer puts the whole plotly.js bundle (~4.6 MB) into the first figure's
     output, which bloats every saved notebook and, displayed into an ``ipywidgets.Output``, hangs papermill.
+    In a Jupyter kernel it also makes progress bars HTML instead of ipywidgets
+    (:func:`workbench.ui.progress.use_notebook_bars`: a file saved mid-run then reopens without widget errors).
     """
     import plotly.io as pio
 
     pio.renderers.default = renderer
+    use_notebook_bars()
 
 
 def figure_bundle(fig: Any) -> dict[str, Any]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+
+from workbench.ui.training_report import accuracy_percent, best_epoch
 
 TEMPLATE = "plotly_white"
 
@@ -16,18 +20,27 @@ def _require(df: pd.DataFrame, columns: list[str], what: str) -> None:
 
 
 def training_curve(history: pd.DataFrame, title: str = "ATV training") -> go.Figure:
-    """Train/valid loss per epoch (left axis) and valid accuracy (right axis)."""
+    """Train/valid loss per epoch (left axis) and valid accuracy in % (right axis, ticks at 0, 25, …, 100 %).
+
+    ``valid_acc`` may be a fraction (what :func:`workbench.train_atv` records) or in %. The epoch of the lowest
+    valid loss is marked with a dotted vertical line (:func:`workbench.ui.training_report.best_epoch`).
+    """
     _require(history, ["epoch", "train_loss"], "training_curve")
     fig = go.Figure()
     fig.add_scatter(x=history["epoch"], y=history["train_loss"], name="train loss", mode="lines+markers")
     if "valid_loss" in history:
         fig.add_scatter(x=history["epoch"], y=history["valid_loss"], name="valid loss", mode="lines+markers")
     if "valid_acc" in history:
-        fig.add_scatter(x=history["epoch"], y=history["valid_acc"], name="valid accuracy", mode="lines+markers",
-                        yaxis="y2", line=dict(dash="dot"))
+        fig.add_scatter(x=history["epoch"], y=accuracy_percent(history["valid_acc"]), name="valid accuracy (%)",
+                        mode="lines+markers", yaxis="y2", line=dict(dash="dot"))
+    best = best_epoch(history)
+    if best is not None and len(history) > 1:
+        fig.add_vline(x=best, line_dash="dot", line_color="grey",
+                      annotation_text=f"lowest valid loss: epoch {best}", annotation_position="top")
     fig.update_layout(title=title, template=TEMPLATE, xaxis_title="epoch", yaxis_title="cross-entropy",
                       xaxis=dict(dtick=1), legend=dict(orientation="h", y=-0.2),
-                      yaxis2=dict(title="accuracy", overlaying="y", side="right", range=[0, 1], tickformat=".0%",
+                      yaxis2=dict(title="valid accuracy (%)", overlaying="y", side="right", range=[0, 100],
+                                  tickmode="array", tickvals=[0, 25, 50, 75, 100], ticksuffix=" %",
                                   showgrid=False))
     return fig
 
@@ -123,6 +136,22 @@ def sweep_figure(results: pd.DataFrame, x: str = "scale", color: str = "layers",
     accuracies = results["accuracy"] if reference is None else pd.concat([results["accuracy"], pd.Series([reference])])
     fig.update_layout(xaxis_type="log", xaxis_title="λ (log scale)", yaxis_title="accuracy (%)",
                       yaxis_range=percent_range(accuracies))
+    if x == "scale":
+        fig.update_xaxes(**log_ticks(results[x]))
     if reference is not None:
         fig.add_hline(y=reference, line_dash="dash", line_color="grey", annotation_text=reference_label)
     return fig
+
+
+def log_ticks(values: pd.Series, max_ticks: int = 9, pad: float = 1.5) -> dict:
+    """Log-axis settings that label the λ values tried (never plotly's minor "2 3 … 0.1 2" labels) over a range
+    from min/`pad` to max·`pad`: one point gets a narrow axis around it, not two decades. At most `max_ticks` labels
+    (evenly thinned, the smallest and largest always kept)."""
+    xs = sorted({float(v) for v in values if pd.notna(v) and float(v) > 0})
+    if not xs:
+        return {}
+    if len(xs) > max_ticks:
+        step = (len(xs) - 1) / (max_ticks - 1)
+        xs = [xs[round(i * step)] for i in range(max_ticks)]
+    return dict(tickmode="array", tickvals=xs, ticktext=[f"{v:.3g}" for v in xs],
+                range=[math.log10(xs[0] / pad), math.log10(xs[-1] * pad)], minor=dict(showgrid=False))

@@ -1,9 +1,11 @@
 """What the notebooks call in their first cells: one place for run folders, the generator of notebook 01 and its
-training tasks, a live figure, and progress bars that leave nothing behind.
+training tasks, a live figure that redraws, and progress that leaves nothing behind.
 
-Run folders: a relative ``run_dir`` is resolved against the repository root (the folder holding ``notebooks/``), not
-against the kernel's working directory, so JupyterLab (kernels start in ``notebooks/``), papermill and ``make demo``
-(started at the root) all mean the same folder. The notebooks 01–04 share the default ``runs/notebooks``: 01 writes
+Run folders: a relative ``run_dir`` is resolved against the checkout that holds the kernel's working directory (the
+folder holding ``notebooks/`` and ``workbench/``; the package's own checkout only as a fallback), not against the
+working directory itself, so JupyterLab (kernels start in ``notebooks/``), papermill and ``make demo`` (started at the
+root) all mean the same folder, and a venv shared by two checkouts writes into the one whose notebook ran.
+The notebooks 01–04 share the default ``runs/notebooks``: 01 writes
 ``runs/notebooks/generator``, 02–04 read it.
 """
 
@@ -21,10 +23,22 @@ from workbench.core.files import read_json, repo_root
 DEFAULT_RUN_DIR = "runs/notebooks"
 
 
-def base_dir() -> Path:
-    """Where relative run folders live: the repository root when the package sits in a checkout, else the cwd."""
+def is_checkout(folder: Path) -> bool:
+    """Whether `folder` is a checkout of this workbench (``notebooks/`` and the ``workbench/`` package beside it)."""
+    return (folder / "notebooks").is_dir() and (folder / "workbench" / "__init__.py").is_file()
+
+
+def base_dir(cwd: str | os.PathLike | None = None) -> Path:
+    """Where relative run folders live: the checkout holding the kernel's working directory (JupyterLab and papermill
+    start a notebook's kernel in its own folder, ``notebooks/``), so one venv serving two checkouts writes each
+    notebook's runs into its own checkout; else the checkout holding the package; else the working directory."""
+    here = Path.cwd() if cwd is None else Path(cwd)
+    here = here.resolve()
+    for folder in (here, *here.parents):
+        if is_checkout(folder):
+            return folder
     root = repo_root()
-    return root if (root / "notebooks").is_dir() else Path.cwd()
+    return root if is_checkout(root) else here
 
 
 def run_folder(run_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
@@ -88,10 +102,12 @@ def generator_tasks(generator: Any, generator_dir: str | os.PathLike, tasks: Seq
 
 @contextmanager
 def transient_output() -> Iterator[None]:
-    """Show what the block displays (tqdm.auto progress bars, a live figure) while it runs, then clear the cell.
+    """Show what the block displays (progress bars, a live figure) while it runs, then clear the cell.
 
-    tqdm.auto draws ipywidgets in JupyterLab; left in a saved notebook they turn into "Error displaying widget: model
-    not found" when it is reopened. Display results after the block. On an error the output is kept, to be read.
+    The progress bars are HTML, not ipywidgets (:mod:`workbench.ui.progress`), so a save at any moment of the block
+    stores a readable line, never a widget that turns into "Error displaying widget: model not found" when the file
+    is reopened. Clearing at the end keeps the finished file to what matters: display results after the block. On
+    an error the output is kept, to be read.
     """
     yield
     from IPython.display import clear_output
@@ -100,10 +116,20 @@ def transient_output() -> Iterator[None]:
 
 
 class LiveFigure:
-    """A figure that redraws in place (one display, updated by id: no widget, nothing large in the message).
+    """A plotly figure that redraws after every update, in one display (no widget, nothing large in a message).
 
     ``live = LiveFigure(make_figure, "waiting for the first epoch …")`` then ``live(data)`` after each step; use it as
-    ``train_atv(..., callback=live)``.
+    ``train_atv(..., callback=live)``. :attr:`figure` is the last figure drawn.
+
+    Why each update is sent twice: JupyterLab reuses an output's renderer when an ``update_display_data`` keeps the
+    same mimetype, and the plotly mimetype renderer ignores a new model once it has drawn a graph (its
+    ``renderModel`` returns early, plotly/plotly.py#3053), so a plain update froze the curve after the first epoch.
+    An update to a one-line ``text/plain`` placeholder first makes JupyterLab dispose of the plotly renderer; the
+    figure then arrives in a fresh one. Other choices were worse: a ``plotly.graph_objects.FigureWidget`` is an
+    ipywidget (it would leave "model not found" in a file saved mid-run, and needs the widget manager), and a new
+    display per epoch leaves one output per epoch behind. Headless (papermill) each update replaces the output in
+    place: the saved notebook holds the last figure's JSON only (a few kB; never the 4.6 MB plotly.js bundle, which,
+    sent into an ``ipywidgets.Output``, once hung papermill).
     """
 
     def __init__(self, make: Callable[[Any], Any], placeholder: str = "waiting for the first update …"):
@@ -111,11 +137,12 @@ class LiveFigure:
 
         from workbench.ui.export import figure_bundle
 
-        self.make, self._bundle, self.updates = make, figure_bundle, 0
+        self.make, self._bundle, self.updates, self.figure = make, figure_bundle, 0, None
         self.handle = display(Markdown(placeholder), display_id=True)
 
     def __call__(self, data: Any) -> None:
         self.updates += 1
-        fig = self.make(data)
+        self.figure = self.make(data)
         if self.handle is not None:
-            self.handle.update(self._bundle(fig), raw=True)
+            self.handle.update({"text/plain": f"redrawing (update {self.updates}) …"}, raw=True)
+            self.handle.update(self._bundle(self.figure), raw=True)

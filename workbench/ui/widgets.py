@@ -68,17 +68,28 @@ class SteeringPanel:
         self._run_lock = threading.Lock()    # one evaluation at a time
         self._timer: threading.Timer | None = None
         self.preset.observe(self._on_preset, names="value")
+        self.layers.observe(self._sync_preset, names="value")
         for control in (self.scale, self.layers, self.positions):
             control.observe(self._on_change, names="value")
         self.widget = w.VBox([self.scale, self.preset, self.layers, self.positions,
                               w.HBox([self.progress, self.status]), self.output])
 
     # ------------------------------------------------------------------------------------------------ controls
-    def _on_preset(self, change: dict) -> None:
+    def preset_bounds(self) -> dict[str, tuple[int, int]]:
+        """The layer range (first, last) of each preset button."""
         L = self.lm.num_layers
         b1, b2 = thirds(L)
-        bounds = {"all": (0, L - 1), "bottom": (0, b1 - 1), "middle": (b1, b2 - 1), "top": (b2, L - 1)}[change["new"]]
-        self.layers.value = bounds  # schedules an evaluation (if the range changed)
+        return {"all": (0, L - 1), "bottom": (0, b1 - 1), "middle": (b1, b2 - 1), "top": (b2, L - 1)}
+
+    def _on_preset(self, change: dict) -> None:
+        if change["new"] is None:  # deselected because the range slider left every preset (see _sync_preset)
+            return
+        self.layers.value = self.preset_bounds()[change["new"]]  # schedules an evaluation (if the range changed)
+
+    def _sync_preset(self, change: dict) -> None:
+        """The range slider moved: select the preset with that range, or none (a custom range is no preset)."""
+        match = [name for name, bounds in self.preset_bounds().items() if tuple(change["new"]) == bounds]
+        self.preset.value = match[0] if match else None
 
     def _on_change(self, change: dict | None = None) -> None:
         """A control moved: cancel what runs, (re)start the debounce timer for the new setting."""

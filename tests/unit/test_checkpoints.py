@@ -87,7 +87,7 @@ def test_lock_held_by_another_process(tmp_path):
     code = ("import sys; from workbench.atv.checkpoints import checkpoint_lock\n"
             "with checkpoint_lock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.readline()\n")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True, cwd=Path(__file__).resolve().parents[1])
+                             text=True, cwd=Path(__file__).resolve().parents[2])
     try:
         assert child.stdout.readline().strip() == "locked"
         with pytest.raises(CheckpointBusy, match=f"pid {child.pid} on host"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import pytest
 
@@ -44,20 +43,6 @@ def test_bad_inputs_fail_fast(argv, message, capsys, monkeypatch):
     monkeypatch.setattr("workbench.cli.eval.load_model", lambda *a, **k: pytest.fail("model loaded"))
     assert cli.main(["eval", *argv]) == 2
     assert message in capsys.readouterr().err
-
-
-@pytest.mark.embedded
-def test_end_to_end(tmp_path, capsys):
-    run = tmp_path / "run"
-    code = cli.main(["eval", "--method", "zero-shot", "--tasks", "glue_sst2", "--n-test", "2", "--templates", "0",
-                     "--prefixes", "A:", "--run-dir", str(run), "--no-progress"])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "== in_domain ==" in out and "== efficiency ==" in out and "zero-shot" in out and "(loose" in out
-    assert (run / "results" / "glue_sst2.parquet").is_file()
-    config = json.loads((run / "config.json").read_text())
-    assert config["n_test"] == 2 and config["method"] == {"name": "zero-shot"}
-    assert json.loads((run / "efficiency.json").read_text())["summary"]["n_items"] == 2
 
 
 def test_no_cache_flag_reaches_evaluate(monkeypatch, capsys):

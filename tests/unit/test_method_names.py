@@ -11,7 +11,7 @@ from workbench.eval import compare
 from workbench.methods import names
 
 EXPECTED = {"zero-shot": "zero-shot", "few-shot": "k-shot", "bm25": "BM25 k-shot", "static-tv": "static TV",
-            "elicit": "ELICIT", "i2cl": "I2CL", "lora": "LoRA", "atv": "ATV"}
+            "elicit": "ELICIT", "i2cl": "I2CL", "lora": "LoRA", "atv": "ATV", "static-vectors": "static vectors"}
 
 
 def test_every_class_has_its_canonical_name():

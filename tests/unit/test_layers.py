@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
+PACKAGE = Path(__file__).resolve().parents[2] / "workbench"
 #: lowest first; a module may import its own layer and the layers before it
 LAYERS = ("core", "tasks", "atv", "methods", "eval", "analysis", "ui", "cli")
 

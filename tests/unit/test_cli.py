@@ -29,7 +29,7 @@ def no_models(monkeypatch):
     (["eval", "--threads", "0"], "--threads must be a positive int"),
     (["data", "check", "--dir", "/nonexistent/tasks"], "data_dir '/nonexistent/tasks' is not a directory"),
     (["data", "prepare", "--from", "/nonexistent/src"], "--from /nonexistent/src is not a directory"),
-    (["demo", "--runs", __file__], "File exists"),
+    (["demo", "--runs", __file__], "is a file, not a folder"),
 ])
 def test_bad_input_is_one_error_line_exit_2(argv, message, capsys, monkeypatch):
     no_models(monkeypatch)

@@ -8,7 +8,7 @@ The processes are started with ``torchrun`` (``python -m torch.distributed.run``
 Tolerance: atol 1e-5 on the generator's vectors and on the losses' relative difference 1e-5 (gradients are averaged
 by an all-reduce, so only float rounding differs). Dropout is off (encoder_train_mode="eval"): each process has its
 own dropout RNG stream, so with dropout on the runs are only equal in distribution.
-This file is also the worker script: ``torchrun --nproc_per_node 2 tests/test_distributed.py OUT``.
+This file is also the worker script: ``torchrun --nproc_per_node 2 tests/unit/test_distributed.py OUT``.
 """
 
 from __future__ import annotations

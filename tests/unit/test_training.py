@@ -280,10 +280,10 @@ def test_resume_with_other_tasks_or_config_names_the_difference(lm, tmp_path):
 def test_fresh_run_never_deletes_earlier_checkpoints(lm, tmp_path):
     """Issue #12: a run without resume into a folder of checkpoints used to rotate them away."""
     train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path, progress=False)
-    before = (tmp_path / "epoch-001" / "training_state.pt").read_bytes()
+    before = (tmp_path / "epoch-001" / "training_state.safetensors").read_bytes()
     with pytest.raises(FileExistsError, match=r"already holds checkpoints \(epoch-001\); pass resume=True"):
         train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path, progress=False)
-    assert (tmp_path / "epoch-001" / "training_state.pt").read_bytes() == before
+    assert (tmp_path / "epoch-001" / "training_state.safetensors").read_bytes() == before
     with pytest.raises(FileNotFoundError, match="resume=True but .* holds no complete checkpoint"):
         train_atv(lm, generator(lm), [TASK], TrainConfig(**ONE), checkpoint_dir=tmp_path / "empty", resume=True,
                   progress=False)

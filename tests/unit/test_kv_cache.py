@@ -146,20 +146,6 @@ def test_bad_inputs():
         cached_next_token_logits(lm, [])
 
 
-@pytest.mark.embedded
-def test_cached_equals_uncached_on_the_embedded_model():
-    import workbench as wb
-    from workbench.tasks.prompts import build_text, variants
-
-    lm = wb.load_model("smollm2-135m")
-    task = wb.load_task("glue_sst2")
-    texts = [lm.render(build_text(task.templates[t], it.input, p)) for it in task.test[:2] for t, p in variants()]
-    inj = Injection(torch.randn(len(texts), lm.num_layers, lm.hidden_size), scale=0.05)
-    plain = next_token_logits(lm, texts, inj, batch_size=6)
-    cached = cached_next_token_logits(lm, texts, inj, cache=BodyCache(256), batch_size=6)
-    assert (cached - plain).abs().max() < 1e-4 and torch.equal(cached.argmax(-1), plain.argmax(-1))
-
-
 def test_shared_tails_run_one_token_per_prompt_once_kept():
     """With share_tails the prompts but their last token are kept: a second method runs one token per prompt."""
     lm = tiny_model("llama", texts=TEXTS)

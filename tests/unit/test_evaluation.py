@@ -20,7 +20,6 @@ from workbench.eval.evaluate import evaluate, sample_items
 from workbench.eval.runs import RunConfigMismatch, finished_tasks, load_run
 from workbench.eval.tables import summarize, tables_like_paper
 from workbench.methods.prompting import FewShot, ZeroShot
-from workbench.tasks.prompts import PREFIXES
 from workbench.tasks.registry import Item, Task
 
 TEMPLATES = ["Review: {input}\nIs it positive or negative?", "{input}\nSentiment?", "Text: {input}"]
@@ -55,24 +54,6 @@ class Counting(ZeroShot):
 
 
 # ----------------------------------------------------------------------------------------------- protocol
-@pytest.mark.embedded
-def test_zero_shot_on_embedded_model(smollm):
-    df = evaluate(smollm, ZeroShot(), ["glue_sst2", "glue_cola"], n_test=4, batch_size=8, progress=False)
-    assert len(df) == 2 * 4 * 9
-    for col in ("task", "category", "item", "template", "prefix", "seed", "target", "prediction", "correct",
-                "label_prediction", "label_correct", "in_labels", "n_prompt_tokens", "latency", "method"):
-        assert col in df.columns
-    assert set(df["prefix"]) == set(PREFIXES) and set(df["template"]) == {0, 1, 2}
-    assert (df.groupby("task")["item"].nunique() == 4).all()
-    assert df["method"].eq("zero-shot").all() and (df["latency"] > 0).all()
-    assert df["n_prompt_tokens"].between(10, 400).all()
-    assert df["in_labels"].dtype == bool and df["label_correct"].notna().all()
-    assert df.attrs["efficiency"]["peak_gib"] > 0
-    assert (df["correct_loose"] >= df["correct"]).all() and (df["in_labels_loose"] >= df["in_labels"]).all()
-    # chat prompt: the official target is " positive" after "assistant\n"; the loose scores ignore the space
-    assert df["target_token"].str.startswith(" ").all()
-    summary = summarize(df)
-    assert set(summary["name"]) >= {"glue_sst2", "glue_cola", "NLU", "in_domain", "unseen", "all"}
 
 
 def test_rows_info_columns_and_efficiency(lm, tasks):
@@ -287,7 +268,14 @@ def test_resumed_rows_without_chat_columns_get_them(lm, tasks, tmp_path):
     first = evaluate(lm, ZeroShot(), tasks[:1], n_test=2, run_dir=tmp_path, progress=False)
     path = tmp_path / "results" / "toy_a.parquet"
     pd.read_parquet(path).drop(columns=["chat", "primary_correct"]).to_parquet(path)
-    again = evaluate(lm, ZeroShot(), tasks[:1], n_test=2, run_dir=tmp_path, progress=False)
+    eff = tmp_path / "efficiency.json"  # a folder of that time: its records did not name their result files yet
+    record = json.loads(eff.read_text())
+    for rec in record["tasks"].values():
+        del rec["sha256"], rec["result_file"]
+    eff.write_text(json.dumps(record))
+    method = Counting()
+    again = evaluate(lm, method, tasks[:1], n_test=2, run_dir=tmp_path, progress=False)
+    assert not method.calls  # taken from the folder, not recomputed
     assert again["primary_correct"].equals(first["primary_correct"]) and not again["chat"].any()
 
 

@@ -1,0 +1,98 @@
+"""Checks the commands run on their inputs before any model loads or notebook starts: thread counts, output folders,
+model and small-model names, generator folders. Each raises ValueError / OSError naming the flag and the value, which
+the dispatcher (:mod:`workbench.cli`) prints as one ``error: …`` line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from workbench.core.checks import check_int
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``--threads``: None (torch's default) or a positive int; every command refuses 0 and negative counts."""
+    return None if threads is None else check_int(threads, "--threads")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply a checked ``--threads`` (None: leave torch's default)."""
+    if check_threads(threads) is not None:
+        torch.set_num_threads(threads)
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """`path` as a folder a command may create or write into: it is a folder or does not exist yet, and its nearest
+    existing parent is a folder (not a file)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag} {str(path)!r} is a file, not a folder")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise NotADirectoryError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a folder")
+    return path
+
+
+def check_model_name(name: str, flag: str = "--model") -> str:
+    """A large model `load_model` can look for: an embedded alias, a Hugging Face folder, a .gguf file or something
+    shaped like a hub id (whether the hub has it is known only when it loads)."""
+    from workbench.core.models import EMBEDDED_MODELS, resolve_source
+
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{flag} must be a model name, got {name!r}")
+    if name not in EMBEDDED_MODELS:
+        try:
+            resolve_source(name, torch.float32)  # a path is checked; nothing is loaded for a folder or a hub id
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{flag}: {err}") from None
+    return name
+
+
+def check_encoder_name(name: str, flag: str = "--encoder") -> str:
+    """A small model `load_encoder` can build: ``scratch:<layers>x<width>`` of a valid shape, an embedded alias, a
+    Hugging Face folder (with config.json) or something shaped like a hub id."""
+    from workbench.core.encoders import EMBEDDED_ENCODERS, SCRATCH, check_scratch_shape
+    from workbench.core.models import EMBEDDED_MODELS, resolve_source
+
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{flag} must be a small-model name, got {name!r}")
+    if name.startswith("scratch"):
+        match = SCRATCH.match(name)
+        if not match:
+            raise ValueError(f"{flag} {name!r}: use scratch:<layers>x<width>, e.g. scratch:4x256")
+        try:
+            check_scratch_shape(int(match[1]), int(match[2]))
+        except ValueError as err:
+            raise ValueError(f"{flag} {name!r}: {err}") from None
+    elif name not in EMBEDDED_ENCODERS and name not in EMBEDDED_MODELS:
+        try:
+            if Path(name).suffix == ".gguf":
+                raise FileNotFoundError("a small model cannot be a .gguf file")
+            resolve_source(name, torch.float32)  # the same path rules as the large model's
+        except FileNotFoundError as err:
+            aliases = ", ".join([*EMBEDDED_ENCODERS, *EMBEDDED_MODELS])
+            raise FileNotFoundError(f"{flag} {name!r}: {err}; small models are the embedded aliases ({aliases}), "
+                                    "scratch:<layers>x<width>, a Hugging Face model folder or a hub id") from None
+    return name
+
+
+def check_generator_dir(path: str | os.PathLike, flag: str = "--generator") -> Path:
+    """A generator folder that training saved (its ``generator.json`` readable); the weights load later."""
+    from workbench.atv.generator import ATVGenerator
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"{flag} {str(path)!r} {what}; give the generator/ folder that "
+                                "`python -m workbench train` writes")
+    try:
+        ATVGenerator.read_meta(folder)  # FileNotFoundError / FileFormatError naming generator.json
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{flag}: {err}; give the generator/ folder that `python -m workbench train` "
+                                "writes") from None
+    return folder
