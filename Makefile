@@ -27,8 +27,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # llama-cpp-python (the `llama` extra in pyproject.toml), for tests/integration/test_llama_cpp_vectors.py: a workbench
-# control-vector GGUF steered by llama.cpp itself. pip builds it from source (cmake, ninja, gcc: about 7 min on 2
-# cores) and caches the wheel, so only a fresh machine pays that. A failed build is not an error: the test then skips
+# control-vector GGUF steered by llama.cpp itself. pip builds it from source (cmake, ninja, gcc: 6.5 min on 2 idle
+# cores, 20 min on 2 busy ones) and caches the wheel, so only a fresh machine pays that. A failed build is not an error: the test then skips
 # with its reason, and the next `make test` tries again.
 LLAMA_CPP_SPEC ?= llama-cpp-python==0.3.36
 LLAMA_STAMP := $(VENV)/.llama-cpp
@@ -40,7 +40,7 @@ $(LLAMA_STAMP): pyproject.toml | $(STAMP)
 llama-cpp: $(LLAMA_STAMP)
 
 # PNG figures need a Chromium for kaleido; without one, figures are saved as HTML only. chromium-driver is for the
-# browser test (tests/test_browser.py), which is skipped with a printed reason without both.
+# browser test (tests/browser/test_browser.py), which is skipped with a printed reason without both.
 browser:
 	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \

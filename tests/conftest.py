@@ -10,6 +10,10 @@ import os
 import sys
 from pathlib import Path
 
+# before transformers is imported (by workbench below): it reads these once
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import pytest
 import torch
 
@@ -17,8 +21,6 @@ from workbench.core.testing import tiny_model
 
 # tests/locks.py and tests/reference_hooks.py serve every tier (tests/unit, tests/integration, ...)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("ATV_PNG", "0")  # PNG export starts a browser per figure; notebooks in tests write HTML only
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -84,7 +84,7 @@ def test_load_refuses_other_model(llama_lm, tmp_path):
 
 def test_bad_arguments(llama_lm):
     with pytest.raises(ValueError, match="wb.Encoder"):
-        ATVGenerator("minilm", llama_lm)
+        ATVGenerator(object(), llama_lm)  # a string is a source name (load_encoder), anything else an error
     with pytest.raises(ValueError, match="bottleneck"):
         make(llama_lm, bottleneck=0)
     with pytest.raises(ValueError, match="ATVGenerator"):

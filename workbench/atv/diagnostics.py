@@ -9,8 +9,8 @@
   state at the edited (last prompt) token: is the edit too small to matter, or large enough to swamp the prompt?
 * :func:`gradient_split` -- for one batch: the gradient norm that reaches the projection's weight, its bias and the
   small model, and the loss gradient on the vectors split into its batch mean and the per-query deviation.
-* :func:`probe_accuracy` -- a logistic-regression probe (sklearn) on the small model's own pooled states: how much
-  of the task a linear read-out of the generator's input could get.
+* :func:`probe_predictions` / :func:`probe_accuracy` -- a logistic-regression probe (sklearn) on the small model's
+  own pooled states: how much of the task a linear read-out of the generator's input could get.
 * :func:`paired_bootstrap` -- the difference of two methods' accuracy on the same rows with an item-clustered
   bootstrap interval (each item's variants resampled together).
 
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.core.checks import check_number
 from workbench.core.inference import last_token_states
 from workbench.core.interventions import Injection, resolve_layers
 
@@ -136,24 +137,36 @@ def gradient_split(lm: LanguageModel, generator: ATVGenerator, prompts: Sequence
     return out
 
 
-def probe_accuracy(train_states: torch.Tensor | np.ndarray, train_labels: Sequence[Any],
-                   test_states: torch.Tensor | np.ndarray, test_labels: Sequence[Any], seed: int = 0) -> float:
-    """Test accuracy of a logistic-regression probe (sklearn, standardised features) fit on the train states."""
+def probe_predictions(train_states: torch.Tensor | np.ndarray, train_labels: Sequence[Any],
+                      test_states: torch.Tensor | np.ndarray, C: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Labels a logistic-regression probe (sklearn, standardised features, inverse regularisation `C`) fit on the
+    train states predicts for the test states."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    check_number(C, "C (the probe's inverse regularisation strength)")
     xtr, xte = (np.asarray(x.detach().float() if isinstance(x, torch.Tensor) else x)
                 for x in (train_states, test_states))
-    if xtr.ndim != 2 or xte.ndim != 2 or len(xtr) != len(train_labels) or len(xte) != len(test_labels):
-        raise ValueError("states must be [N, d] with one label per row: "
-                         f"train {xtr.shape} / {len(train_labels)} labels, "
-                         f"test {xte.shape} / {len(test_labels)} labels")
+    if xtr.ndim != 2 or xte.ndim != 2 or len(xtr) != len(train_labels):
+        raise ValueError("states must be [N, d] with one label per train row: "
+                         f"train {xtr.shape} / {len(train_labels)} labels, test {xte.shape}")
     if len(set(train_labels)) < 2:
         raise ValueError(f"the probe needs at least 2 classes in the train labels, got {sorted(set(train_labels))}")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed))
     clf.fit(xtr, list(train_labels))
-    return float(clf.score(xte, list(test_labels)))
+    return clf.predict(xte)
+
+
+def probe_accuracy(train_states: torch.Tensor | np.ndarray, train_labels: Sequence[Any],
+                   test_states: torch.Tensor | np.ndarray, test_labels: Sequence[Any], seed: int = 0,
+                   C: float = 1.0) -> float:
+    """Test accuracy of :func:`probe_predictions` (standardised features, inverse regularisation `C`)."""
+    if len(test_states) != len(test_labels):
+        raise ValueError(f"states must be [N, d] with one label per row: test {len(test_states)} rows / "
+                         f"{len(test_labels)} labels")
+    predicted = probe_predictions(train_states, train_labels, test_states, C=C, seed=seed)
+    return float(np.mean(predicted == np.asarray(list(test_labels), dtype=object)))
 
 
 def paired_bootstrap(a: pd.DataFrame, b: pd.DataFrame, column: str = "label_correct", n_resamples: int = 10_000,

@@ -1,6 +1,9 @@
 """The ATV generator: a small model reads the query, one linear map expands its state to ``[L, d]`` vectors.
 
 ``ATVGenerator(encoder, lm)`` is the paper's ATV (small model fully trainable + ``nn.Linear(d_s, L*d)`` with bias);
+the source may be an :class:`~workbench.core.encoders.Encoder` or its name (``"minilm-l6"``, ``"gpt2"``,
+``"scratch:4x256"``, ``"self:12"``: the frozen large model's own state after block 12, no second model; see
+:func:`~workbench.core.encoders.load_encoder`).
 ``ATVGenerator.light(encoder, lm, lora_r=8, bottleneck=64)`` is ATV-Light (paper §4.5: LoRA on the small model and
 a bottleneck ``d_s -> r -> L*d``). ``save(dir)`` / ``ATVGenerator.load(dir, lm)`` round-trip a checkpoint
 (safetensors + ``generator.json``), written atomically.
@@ -19,6 +22,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from workbench.atv.examples import GENERATOR_INPUTS, generator_text
 from workbench.core.architectures import ARCHITECTURES, lora_parameter_count
 from workbench.core.encoders import Encoder, load_encoder
 from workbench.core.files import (
@@ -65,10 +69,14 @@ class CheckpointMismatch(ValueError):
 class ATVGenerator(nn.Module):
     """Small model + expansion ``d_s -> L*d`` (or ``d_s -> bottleneck -> L*d``); ``.vectors(queries) -> [B, L, d]``."""
 
-    def __init__(self, encoder: Encoder, lm: LanguageModel, bottleneck: int | None = None, input_norm: bool = False):
+    def __init__(self, encoder: Encoder | str, lm: LanguageModel, bottleneck: int | None = None,
+                 input_norm: bool = False):
         super().__init__()
+        if isinstance(encoder, str):
+            encoder = load_encoder(encoder, lm=lm)
         if not isinstance(encoder, Encoder):
-            raise ValueError(f"encoder must be a wb.Encoder (wb.load_encoder(...)), got {type(encoder).__name__}")
+            raise ValueError(f"encoder must be a wb.Encoder (wb.load_encoder(...)) or a source name (minilm-l6, "
+                             f"scratch:LxW, self:K, a HF id or folder), got {type(encoder).__name__}")
         if bottleneck is not None and (isinstance(bottleneck, bool) or not isinstance(bottleneck, int)
                                        or bottleneck < 1):
             raise ValueError(f"bottleneck must be a positive int or None, got {bottleneck!r}")
@@ -81,13 +89,13 @@ class ATVGenerator(nn.Module):
         dim = encoder.dim
         self.projection = (nn.Linear(dim, out) if bottleneck is None
                            else nn.Sequential(nn.Linear(dim, bottleneck), nn.Linear(bottleneck, out)))
-        self.projection.to(next(encoder.parameters()).dtype)
+        self.projection.to(device=encoder.device, dtype=encoder.dtype)
         if not isinstance(input_norm, bool):
             raise ValueError(f"input_norm must be True or False, got {input_norm!r}")
         self.input_norm = input_norm
         if input_norm:  # standardise the small model's states before the projection (see fit_input_norm)
-            self.register_buffer("input_mean", torch.zeros(dim))
-            self.register_buffer("input_scale", torch.ones(dim))
+            self.register_buffer("input_mean", torch.zeros(dim, device=encoder.device))
+            self.register_buffer("input_scale", torch.ones(dim, device=encoder.device))
         self.meta: dict[str, Any] = {}  # injection settings / train config recorded by training
 
     @classmethod
@@ -101,6 +109,9 @@ class ATVGenerator(nn.Module):
     def add_lora(self, r: int, alpha: int, dropout: float) -> None:
         from peft import LoraConfig, get_peft_model
 
+        if not hasattr(self.encoder, "body"):
+            raise ValueError(f"ATV-Light puts LoRA on the small model; {self.encoder.name!r} is the frozen large "
+                             "model itself (nothing to adapt): use ATVGenerator(source, lm, bottleneck=...) instead")
         model_type = getattr(self.encoder.body.config, "model_type", None)
         arch = ARCHITECTURES.get(model_type)
         if arch is None or not arch.encoder_lora_targets:
@@ -113,6 +124,27 @@ class ATVGenerator(nn.Module):
         self.encoder.body = get_peft_model(self.encoder.body, cfg)  # freezes everything but the adapters
 
     # ----------------------------------------------------------------------------------------- forward
+    @property
+    def generator_input(self) -> str:
+        """What the generator reads, recorded by training: ``"prompt"`` (the templated prompt, the paper's; also
+        the default of an untrained generator) or ``"official"`` (``"Q: {input} \\n A: "``)."""
+        value = self.meta.get("generator_input", "prompt")
+        if value not in GENERATOR_INPUTS:
+            raise ValueError(f"generator_input {value!r} recorded in gen.meta is unknown; use one of "
+                             f"{GENERATOR_INPUTS}")
+        return value
+
+    def input_texts(self, inputs: Sequence[str] | None, texts: Sequence[str]) -> list[str]:
+        """The texts this generator reads for queries with these raw `inputs` and templated `texts` (template +
+        "\\n" + prefix): `texts` themselves, or the official input built from `inputs` -- the same rule
+        training used (:func:`workbench.atv.examples.generator_text`)."""
+        if self.generator_input == "prompt":
+            return list(texts)
+        if inputs is None or len(inputs) != len(texts):
+            raise ValueError(f"this generator reads {self.generator_input!r} input built from each query's raw "
+                             f"input: give one input per text ({len(texts)} texts)")
+        return [generator_text(inp, text, self.generator_input) for inp, text in zip(inputs, texts)]
+
     def forward(self, queries: Sequence[str] | torch.Tensor) -> torch.Tensor:
         """``[B, L, d]`` vectors for query texts (or for precomputed small-model states ``[B, d_s]``)."""
         states = queries if isinstance(queries, torch.Tensor) else self.encoder.encode(list(queries))
@@ -218,10 +250,8 @@ class ATVGenerator(nn.Module):
         meta = cls.read_meta(directory)
         check_compatible(meta, lm, directory, allow_mismatch=allow_mismatch)
         try:
-            if encoder is None:
-                scratch = str(meta["encoder"]).startswith("scratch:")
-                encoder = load_encoder(meta["encoder"], pooling=meta["pooling"],
-                                       tokenizer=lm.tokenizer if scratch else None)
+            if encoder is None:  # scratch:LxW takes the large model's tokenizer, self:K the large model itself
+                encoder = load_encoder(meta["encoder"], pooling=meta["pooling"], lm=lm)
                 encoder.max_length = int(meta.get("encoder_max_length", encoder.max_length))
             gen = cls(encoder, lm, bottleneck=meta.get("bottleneck"), input_norm=bool(meta.get("input_norm", False)))
             if meta.get("lora"):

@@ -204,14 +204,16 @@ def build_examples(tasks: list[Task], config: TrainConfig) -> tuple[list[Example
 
 def build_batchers(lm: LanguageModel, generator: ATVGenerator, train: list[Example], valid: list[Example],
                    config: TrainConfig, progress: bool) -> tuple[Batcher, Batcher | None, PrefixStore, float]:
-    """Tokenized train / valid batchers sharing one prefix store; a frozen small model's states cached; the prefix
-    caches computed (fast path). Returns them with the store and the seconds the prefix pass took."""
+    """Tokenized train / valid batchers sharing one prefix store; a frozen (or ``fixed``: ``self:K``) small model's
+    states cached; the prefix caches computed (fast path). Returns them with the store and the seconds the prefix
+    pass took."""
     store = PrefixStore(config.cache_budget_mb)
     batcher = Batcher(lm, train, config, store, "train")
     valid_batcher = Batcher(lm, valid, config, store, "valid") if valid else None
     if config.encoder_train_mode == "frozen":
         generator.encoder.requires_grad_(False)
         generator.eval()
+    if config.encoder_train_mode == "frozen" or generator.encoder.fixed:  # self:K: the states never change
         for b in (batcher, valid_batcher):
             if b is not None:
                 b.cache_states(generator)

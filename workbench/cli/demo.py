@@ -34,7 +34,7 @@ def quick(model: str, encoder_name: str, seed: int) -> None:
     import workbench as wb
 
     lm = wb.load_model(model)
-    encoder = wb.load_encoder(encoder_name)
+    encoder = wb.load_encoder(encoder_name, lm=lm)
     print(f"large model: {lm.name} (L={lm.num_layers}, d={lm.hidden_size}); "
           f"small model: {encoder.name} (d_s={encoder.dim})")
     text = ("The movie was a delight from start to finish.\n"

@@ -54,13 +54,19 @@ def check_model_name(name: str, flag: str = "--model") -> str:
 
 
 def check_encoder_name(name: str, flag: str = "--encoder") -> str:
-    """A small model `load_encoder` can build: ``scratch:<layers>x<width>`` of a valid shape, an embedded alias, a
-    Hugging Face folder (with config.json) or something shaped like a hub id."""
-    from workbench.core.encoders import EMBEDDED_ENCODERS, SCRATCH, check_scratch_shape
+    """A generator source `load_encoder` can build: ``scratch:<layers>x<width>`` of a valid shape, ``self:<K>`` (its
+    syntax; K is checked against the large model's blocks as soon as it loads, before any training), an embedded
+    alias, a Hugging Face folder (with config.json) or something shaped like a hub id."""
+    from workbench.core.encoders import EMBEDDED_ENCODERS, SCRATCH, check_scratch_shape, self_block
     from workbench.core.models import EMBEDDED_MODELS, resolve_source
 
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{flag} must be a small-model name, got {name!r}")
+    try:
+        if self_block(name) is not None:
+            return name
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from None
     if name.startswith("scratch"):
         match = SCRATCH.match(name)
         if not match:
@@ -77,7 +83,8 @@ def check_encoder_name(name: str, flag: str = "--encoder") -> str:
         except FileNotFoundError as err:
             aliases = ", ".join([*EMBEDDED_ENCODERS, *EMBEDDED_MODELS])
             raise FileNotFoundError(f"{flag} {name!r}: {err}; small models are the embedded aliases ({aliases}), "
-                                    "scratch:<layers>x<width>, a Hugging Face model folder or a hub id") from None
+                                    "scratch:<layers>x<width>, self:<block> (the large model's own state), a "
+                                    "Hugging Face model folder or a hub id") from None
     return name
 
 

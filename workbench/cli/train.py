@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints")
     parser.add_argument("--tasks", nargs="+", help="override the preset's tasks (domain-only training: a subset)")
     parser.add_argument("--model", help="override the preset's large model")
-    parser.add_argument("--encoder", help="override the small model (e.g. smollm2-135m, gpt2, scratch:4x256)")
+    parser.add_argument("--encoder", help="override the generator's source: a small model (e.g. minilm-l6, gpt2, "
+                        "scratch:4x256) or self:K (the large model's own state after block K)")
     parser.add_argument("--light", action="store_true", help="ATV-Light: LoRA r=8 on the small model + bottleneck")
     parser.add_argument("--bottleneck", type=int, help="projection bottleneck width (ATV-Light default 64)")
     parser.add_argument("--naive", action="store_true", help="disable the prefix-cached fast path")

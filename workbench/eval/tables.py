@@ -2,8 +2,9 @@
 
 Module contents: :func:`summarize` (mean ± sd over seeds, bootstrap intervals over items, macro averages over tasks),
 :func:`format_cell` (a "62.3 ± 2.1▲" cell), :func:`tables_like_paper` (Table 1 / Table 2 / 14 / 15 layouts, with
-significance marks against one or two baselines: ▲/▼ and △/▽ in the same cells). :func:`task_groups` lives in :mod:`workbench.eval.stats` (re-exported).
-Every summary row and table names the score it shows (:data:`workbench.eval.stats.SCORES`).
+significance marks against one or two baselines: ▲/▼ and △/▽ in the same cells). :func:`task_groups` lives in
+:mod:`workbench.eval.stats` (re-exported). Every summary row and table names the score it shows
+(:data:`workbench.eval.stats.SCORES`).
 """
 
 from __future__ import annotations

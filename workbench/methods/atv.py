@@ -1,8 +1,10 @@
 """ATV as a :class:`~workbench.methods.base.Method`: per query, the trained generator's vectors are injected.
 
-At evaluation the generator reads the templated prompt text (the paper's and the official evaluation's input), i.e.
-the ``texts`` the evaluator passes (template + "\\n" + prefix, before the chat template); the large model reads
-``lm.render(text)``. Vectors are computed under ``torch.no_grad`` with the generator in eval mode (dropout off).
+At evaluation the generator reads what it read in training (``gen.generator_input``, recorded in its checkpoint): the
+templated prompt text (the paper's and the official evaluation's input), i.e. the ``texts`` the evaluator passes
+(template + "\\n" + prefix, before the chat template), or the official training input ``"Q: {input} \\n A: "``
+built from each item's input; the large model reads ``lm.render(text)``. Vectors are computed under
+``torch.no_grad`` with the generator in eval mode (dropout off).
 ``config()`` records the generator's weight fingerprint, so a run folder of one generator is not resumed with another.
 """
 
@@ -65,13 +67,16 @@ class ATV(Method):
     def prepare(self, lm: LanguageModel, task: Any, items: Sequence[Any], texts: Sequence[str],
                 seed: int = 42) -> PreparedBatch:
         check_compatible(self.generator.describe(), lm, "for this ATV method")
-        vectors = self.vectors(texts)
+        reads = (texts if self.generator.generator_input == "prompt"
+                 else self.generator.input_texts([it.input for it in items], texts))
+        vectors = self.vectors(reads)
         injection = Injection(vectors, scale=self.scale, layers=self.layers, positions=self.positions)
         return PreparedBatch(prompts=[lm.render(t) for t in texts], intervention=injection)
 
     def config(self) -> dict:
         g = self.generator.describe()
         return {"name": self.name, "scale": self.scale, "layers": self.layers, "positions": self.positions,
-                "generator_input_eval": "prompt", "encoder": g["encoder"], "bottleneck": g["bottleneck"],
+                "generator_input_eval": self.generator.generator_input, "encoder": g["encoder"],
+                "bottleneck": g["bottleneck"],
                 "lora": g["lora"], "trainable_parameters": g["trainable_parameters"],
                 "train_config": g.get("train_config"), "generator_fingerprint": self.generator.fingerprint()}
