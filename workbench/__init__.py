@@ -12,11 +12,12 @@
 
 from workbench import methods
 from workbench.analysis import geometry, sweeps, theory
+from workbench.analysis.vocab_projection import logit_lens
 from workbench.atv.generator import ATVGenerator
 from workbench.atv.presets import presets
 from workbench.atv.training import TrainConfig, train_atv
 from workbench.core.encoders import Encoder, load_encoder
-from workbench.core.inference import generate, last_token_states, next_token_logits
+from workbench.core.inference import Generation, generate, last_token_states, next_token_logits
 from workbench.core.interventions import Injection, resolve_layers
 from workbench.core.models import LanguageModel, load_model
 from workbench.core.vector_files import SteeringVectors, load_vectors, save_vectors
@@ -28,9 +29,9 @@ from workbench.methods.base import Method, PreparedBatch
 from workbench.tasks.registry import Task, load_task, task_names
 
 __all__ = [
-    "ATVGenerator", "Encoder", "Injection", "LanguageModel", "Method", "PreparedBatch", "Task", "TrainConfig",
+    "ATVGenerator", "Encoder", "Generation", "Injection", "LanguageModel", "Method", "PreparedBatch", "Task", "TrainConfig",
     "efficiency_table", "evaluate", "generate", "geometry", "last_token_states", "load_encoder", "load_model",
-    "load_task", "load_vectors", "methods", "next_token_logits", "paired", "presets", "resolve_layers",
+    "load_task", "load_vectors", "logit_lens", "methods", "next_token_logits", "paired", "presets", "resolve_layers",
     "save_vectors", "SteeringVectors", "summarize", "sweeps", "tables_like_paper", "task_names", "theory",
     "train_atv",
 ]
