@@ -29,7 +29,8 @@ from workbench.methods.base import Method, PreparedBatch
 from workbench.tasks.registry import Task, load_task, task_names
 
 __all__ = [
-    "ATVGenerator", "Encoder", "Generation", "Injection", "LanguageModel", "Method", "PreparedBatch", "Task", "TrainConfig",
+    "ATVGenerator", "Encoder", "Generation", "Injection", "LanguageModel", "Method", "PreparedBatch", "Task",
+    "TrainConfig",
     "efficiency_table", "evaluate", "generate", "geometry", "last_token_states", "load_encoder", "load_model",
     "load_task", "load_vectors", "logit_lens", "methods", "next_token_logits", "paired", "presets", "resolve_layers",
     "save_vectors", "SteeringVectors", "summarize", "sweeps", "tables_like_paper", "task_names", "theory",
