@@ -304,8 +304,8 @@ def test_notebook_04_figures_render(driver, lab):
         CURRENT + "const ps = [...root.querySelectorAll("
         "'.jp-OutputArea-output.js-plotly-plot, .jp-OutputArea-output .js-plotly-plot')];"
         "return ps.length >= 3 && ps.every(p => p.querySelector('.main-svg') "
-        "&& p.querySelector('.scatterlayer .trace'))"
-        " ? ps.length : 0;"), 180, "notebook 04's three figures to render")
+        "&& p.querySelector('.scatterlayer .trace, .heatmaplayer .hm, .heatmaplayer image'))"
+        " ? ps.length : 0;"), 180, "notebook 04's figures (maps, norms, logit lens) to render")
     assert rendered >= 3
     screenshot(driver, lab, "notebook04-figures")
     errors = console_errors(driver)
