@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from test_static_tv import single_thread  # noqa: F401  (autouse: one intra-op thread)
+
 from workbench.analysis.ceilings import METHODS, ceiling_rows, ceiling_table, ceilings, probe_rows
 from workbench.analysis.oracle import Oracle, optimize_vectors
 from workbench.atv.examples import tokenize_pair
@@ -30,14 +32,6 @@ TASK = Task(name="synth", category="NLU", domain="NLU", templates=TEMPLATES, lab
 STRONG = {"scale": 1.0, "layers": "all"}
 SMALL = {"n_test": 8, "templates": [0, 1], "prefixes": ["A:"], "oracle_steps": 20, "oracle_lr": 0.05,
          "probe_items": 12, "progress": False}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ into a folder in use, nothing lost to a kill between a task's result file and it
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from locks import lock_held_by_a_thread
+from test_evaluation import Counting
 from toy_runs import PROTOCOL, toy_lm, toy_tasks
 
 from workbench.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -32,17 +32,6 @@ def lm():
 @pytest.fixture(scope="module")
 def tasks():
     return toy_tasks()
-
-
-class Counting(ZeroShot):
-    """Zero-shot that counts prepare calls per task (which tasks were computed rather than reloaded)."""
-
-    def __init__(self) -> None:
-        self.calls: collections.Counter = collections.Counter()
-
-    def prepare(self, lm, task, items, texts, seed=42):
-        self.calls[task.name] += 1
-        return super().prepare(lm, task, items, texts, seed)
 
 
 def same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
