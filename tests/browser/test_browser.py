@@ -223,6 +223,10 @@ def open_notebook(driver, lab, name: str) -> None:
     """Open `name` in JupyterLab and wait until its cells are shown."""
     from selenium.webdriver.common.by import By
 
+    # save what is in front first: leaving a page with unsaved changes logs a blocked 'beforeunload' dialog, which
+    # the next test's console check would blame on its own notebook
+    driver.execute_script("const app = window.jupyterapp; if (!app || !app.shell.currentWidget) return true;"
+                          "return app.commands.execute('docmanager:save').then(() => true, () => true);")
     driver.get(f"{lab['base']}/lab/tree/{name}?token={lab['token']}")
     wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell"), 180, f"{name} to open")
     wait_for(lambda: driver.execute_script("const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
@@ -396,7 +400,8 @@ def test_notebook_01_curve_is_live_and_a_mid_run_save_reopens_clean(driver, lab)
     open_and_run_all(driver, lab, name, started=True)
     curve = driver.execute_script("clearInterval(window.__atvWatch); return window.__atvCurve;")
     # one more point after every epoch while the cell ran (the plotly renderer used to freeze after the first)
-    assert len(curve) >= 3 and curve == sorted(curve) and curve[0] >= 1, curve
+    # (how many of them the 50 ms watcher sees depends on the machine's load: at least two, growing)
+    assert len(curve) >= 2 and curve == sorted(set(curve)) and curve[0] >= 1, curve
     assert max(curve) >= CURVE_EPOCHS - 1, curve
     print(f"notebook 01: points of the live curve seen while the cell ran: {curve}")
     done = driver.execute_script(CURRENT + "return root.textContent;")
