@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install llama-cpp browser demo study lab test test-fast lint bench clean
+.PHONY: install llama-cpp browser demo study ablations lab test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ demo: install browser
 STUDY_ARGS ?=
 study: install browser
 	$(BIN)/python -m workbench study $(STUDY_ARGS)
+
+# The reviewers' questions (notebook 06 headless: generator sources, ceilings, data scaling, side effects);
+# ABLATIONS_ARGS for its flags, e.g. ABLATIONS_ARGS="--budget tiny".
+ABLATIONS_ARGS ?=
+ablations: install browser
+	$(BIN)/python -m workbench ablations $(ABLATIONS_ARGS)
 
 # JupyterLab on this venv (its kernel "Python 3 (atv-workbench)"), the project's settings (jupyter/lab/settings: no
 # news pop-up), only on 127.0.0.1; the file browser opens at notebooks/. LAB_PORT picks the port (next free one if taken).

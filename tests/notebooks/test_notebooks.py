@@ -232,3 +232,17 @@ def test_project_lab_settings_are_valid_overrides():
             allowed = [c["const"] for c in spec.get("oneOf", [])] or None
             assert allowed is None or value in allowed, (plugin, key, value, allowed)
     assert overrides["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
+
+
+def test_ablations_notebook_answers_every_question_on_the_tiny_budget(tmp_path, tiny_model_dir):
+    """06 runs top to bottom on the tiny budget and writes every table next to its config."""
+    info = run_in_subprocess("06_ablations.ipynb", tmp_path, {"model": tiny_model_dir, "budget": "tiny"})
+    assert info["seconds"] > 0
+    for name in ("06_sources", "06_ceilings", "06_data_scaling", "06_task_scaling", "06_perplexity",
+                 "06_off_target", "06_training_costs", "06_seeds", "06_per_seed"):
+        assert (tmp_path / f"{name}.csv").exists(), name
+    config = json.loads((tmp_path / "06_config.json").read_text())
+    assert config["budget"]["sources"] == ["scratch:2x32", "self:1"] and "torch" in config["versions"]
+    nb = nbformat.read(tmp_path / "06_ablations.ipynb", as_version=4)
+    figures = [o for c in nb.cells for o in c.get("outputs", []) if PLOTLY_MIME in o.get("data", {})]
+    assert len(figures) >= 6, len(figures)

@@ -30,6 +30,9 @@ def no_models(monkeypatch):
     (["data", "check", "--dir", "/nonexistent/tasks"], "data_dir '/nonexistent/tasks' is not a directory"),
     (["data", "prepare", "--from", "/nonexistent/src"], "--from /nonexistent/src is not a directory"),
     (["demo", "--runs", __file__], "is a file, not a folder"),
+    (["ablations", "--budget", "huge"], "unknown budget 'huge'; use one of ['cpu', 'paper', 'tiny']"),
+    (["ablations", "--runs", __file__], "is a file, not a folder"),
+    (["ablations", "--model", "./no-such-model"], "./no-such-model"),
 ])
 def test_bad_input_is_one_error_line_exit_2(argv, message, capsys, monkeypatch):
     no_models(monkeypatch)

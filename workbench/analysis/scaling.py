@@ -103,6 +103,9 @@ class ScalingBudget:
     batch_size: int = 8
     n_boot: int = 2000
     ci: float = 0.95
+    #: True: every evaluation its own prompt-body cache; a BodyCache: one for all the evaluations made with this
+    #: budget, so the frozen model's bodies of the same test items are computed once (workbench.core.kv_cache)
+    cache: Any = dataclasses.field(default=True, compare=False, repr=False)
 
     def validate(self) -> ScalingBudget:
         _positive_ints(self.n_trains, "n_trains (items per task)")
@@ -149,7 +152,7 @@ def evaluate_rows(lm: LanguageModel, methods: Mapping[str, Method], tasks: Seque
                   budget: ScalingBudget, **columns: Any) -> pd.DataFrame:
     """Rows of `methods` on `tasks` for one seed (labels in ``method``), with the extra `columns`."""
     results = evaluate_many(lm, methods, list(tasks), budget.n_test, budget.templates, budget.prefixes, (seed,),
-                            budget.batch_size, progress=False)
+                            budget.batch_size, progress=False, cache=budget.cache)
     return pd.concat([df.assign(method=label, **columns) for label, df in results.items()], ignore_index=True)
 
 

@@ -14,6 +14,7 @@ copy nor ``DynamicCache.crop`` (which would leave views of autograd-tracked tens
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -23,11 +24,14 @@ import torch
 from workbench.atv.loss import IGNORE, per_example_ce
 from workbench.core.batching import length_buckets
 from workbench.core.interventions import Injection, MaskedInjection
-from workbench.core.kv_cache import KV, cache_kwarg, check_budget, collate, prefix_kvs
+from workbench.core.kv_cache import KV, cache_kwarg, check_budget, collate, extend_kvs, prefix_kvs
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
 
+
+#: Shared bodies (e.g. an item's input, read by its 3 templates) computed and held at a time by the prefix pass.
+BODIES_AT_ONCE = 64
 
 
 class PrefixStore:
@@ -43,6 +47,17 @@ class PrefixStore:
         self._data: dict[Hashable, KV] = {}
         self._heads: dict[tuple[int, ...], KV] = {}
         self._workspace: torch.Tensor | None = None
+        self.model: str | None = None  # the fingerprint of the model whose caches these are (see bind)
+
+    def bind(self, lm: LanguageModel) -> PrefixStore:
+        """This store, for `lm`: the first model it serves is recorded; another model is a ValueError (its caches
+        would be the wrong model's)."""
+        if self.model is None:
+            self.model = lm.fingerprint
+        elif self.model != lm.fingerprint:
+            raise ValueError(f"this prefix store holds caches of model {self.model[:12]}, not of {lm.name} "
+                             f"({lm.fingerprint[:12]}); use a new PrefixStore for another model")
+        return self
 
     def get(self, key: Hashable) -> KV | None:
         kv = self._data.get(key)
@@ -72,24 +87,51 @@ class PrefixStore:
         return out
 
     def fill(self, lm: LanguageModel, keys: Sequence[Hashable], seqs: Sequence[Sequence[int]],
-             heads: Sequence[int] | None = None, progress: bool = False) -> int:
+             heads: Sequence[int] | None = None, progress: bool = False, bodies: Sequence[int] | None = None) -> int:
         """Compute and store the prefixes of `seqs` ahead of training, until the budget is full; returns how
-        many are stored."""
+        many are stored. `bodies[i]`: leading tokens `seqs[i]` shares with another group (e.g. an item's other
+        templates, which start with the same input): each such body is run once, the rest of each sequence from it."""
         from tqdm.auto import tqdm
 
         todo = [i for i, k in enumerate(keys) if k not in self._data] if self.budget > 0 else []
         bar = tqdm(total=len(todo), desc="prefix cache", leave=False, disable=not progress)
         with bar:
-            for chunk, kvs in self._compute(lm, seqs, heads, todo):
+            for chunk, kvs in self._compute(lm, seqs, heads, todo, bodies=bodies):
                 stored = [self.put(keys[i], kv) for i, kv in zip(chunk, kvs)]
                 bar.update(len(chunk))
                 if not all(stored):
                     break
         return sum(k in self._data for k in keys)
 
+    def fill_with_states(self, lm: LanguageModel, keys: Sequence[Hashable], prompts: Sequence[Sequence[int]],
+                         block: int, heads: Sequence[int] | None = None, progress: bool = False,
+                         bodies: Sequence[int] | None = None) -> torch.Tensor:
+        """Block `block`'s clean output at the last token of each of `prompts` ``[N, d]`` (float32), from the pass
+        that computes their prefix caches (each prompt but its last token; stored while they fit, under `keys`):
+        the ``self:K`` generator's states at the cost of one more token per prompt. `heads` as in :meth:`prefixes`
+        and `bodies` as in :meth:`fill` (shared tokens of the prefixes)."""
+        from tqdm.auto import tqdm
+
+        states: list[torch.Tensor | None] = [None] * len(prompts)
+        bar = tqdm(total=len(prompts), desc="prefix cache + self states", leave=False, disable=not progress)
+        with bar:
+            for chunk, kvs, rows in self._compute(lm, prompts, heads, range(len(prompts)), block, bodies):
+                for i, kv, row in zip(chunk, kvs, rows):
+                    states[i] = row
+                    self.put(keys[i], kv[:, :, :, :-1].clone())
+                bar.update(len(chunk))
+        return torch.stack(states)
+
     def _compute(self, lm: LanguageModel, seqs: Sequence[Sequence[int]], heads: Sequence[int] | None,
-                 todo: Sequence[int]) -> Iterator[tuple[list[int], list[KV]]]:
-        """(indices, their prefix caches) in batches: grouped by shared head, then length-bucketed."""
+                 todo: Sequence[int], block: int | None = None,
+                 bodies: Sequence[int] | None = None) -> Iterator[tuple]:
+        """(indices, their prefix caches) in batches: grouped by shared head, then length-bucketed. With `block`,
+        (indices, caches, block `block`'s output at each sequence's last token) (see :meth:`fill_with_states`).
+        Sequences with a shared body longer than their head (`bodies`, see :meth:`fill`) come first, from it."""
+        if bodies is not None:
+            deep = [i for i in todo if (heads[i] if heads else 0) < bodies[i] < len(seqs[i])]
+            yield from self._from_bodies(lm, seqs, heads, deep, block, bodies)
+            todo = [i for i in todo if not (heads[i] if heads else 0) < bodies[i] < len(seqs[i])]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i in todo:
             groups.setdefault(tuple(seqs[i][: heads[i] if heads else 0]), []).append(i)
@@ -102,7 +144,34 @@ class PrefixStore:
             rest = [len(seqs[i]) - len(head_ids) for i in idx]
             for bucket in length_buckets(rest, max_tokens=self.batch_tokens):
                 chunk = [idx[b] for b in bucket]
-                yield chunk, prefix_kvs(lm, [seqs[i] for i in chunk], head)
+                if block is None:
+                    yield chunk, prefix_kvs(lm, [seqs[i] for i in chunk], head)
+                    continue
+                with block_output(lm, block) as out:
+                    kvs = prefix_kvs(lm, [seqs[i] for i in chunk], head)
+                last = torch.tensor([len(seqs[i]) - len(head_ids) - 1 for i in chunk], device=out[0].device)
+                yield chunk, kvs, out[0][torch.arange(len(chunk), device=last.device), last].float()
+
+    def _from_bodies(self, lm: LanguageModel, seqs: Sequence[Sequence[int]], heads: Sequence[int] | None,
+                     idx: Sequence[int], block: int | None, bodies: Sequence[int]) -> Iterator[tuple]:
+        """As :meth:`_compute` for sequences `idx` that share their first ``bodies[i]`` tokens with others: each
+        distinct body computed once (after its head), then every sequence's rest run from its body's cache
+        (:func:`extend_kvs`; the last column of its left-padded tails is each sequence's last token)."""
+        body_of = {i: tuple(seqs[i][: bodies[i]]) for i in idx}
+        head_of = {b: (heads[i] if heads else 0) for i, b in body_of.items()}
+        distinct = list(head_of)
+        for start in range(0, len(distinct), BODIES_AT_ONCE):  # bounds the memory the bodies' caches take
+            some = distinct[start: start + BODIES_AT_ONCE]
+            body_kv: dict[tuple[int, ...], KV] = {}
+            for chunk, kvs in self._compute(lm, some, [head_of[b] for b in some], range(len(some))):
+                body_kv.update((some[j], kv) for j, kv in zip(chunk, kvs))
+            rows = [i for i in idx if body_of[i] in body_kv]
+            for bucket in length_buckets([len(seqs[i]) - bodies[i] for i in rows], max_tokens=self.batch_tokens):
+                chunk = [rows[b] for b in bucket]
+                tails = [seqs[i][bodies[i]:] for i in chunk]
+                with block_output(lm, block) if block is not None else contextlib.nullcontext([]) as out:
+                    kvs = extend_kvs(lm, [body_kv[body_of[i]] for i in chunk], tails)
+                yield (chunk, kvs) if block is None else (chunk, kvs, out[0][:, -1].float())
 
     def workspace(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A contiguous tensor of `shape` that reuses one growing buffer (see :func:`collate`)."""
@@ -119,6 +188,21 @@ class PrefixStore:
         return {"stored": len(self), "heads": len(self._heads), "used_mb": round(self.used / 2**20, 1),
                 "budget_mb": self.budget / 2**20,
                 "hits": self.hits, "misses": self.misses}
+
+
+@contextlib.contextmanager
+def block_output(lm: LanguageModel, block: int) -> Iterator[list[torch.Tensor]]:
+    """A list that receives decoder block `block`'s output hidden states ``[B, T, d]`` during the ``with`` body."""
+    seen: list[torch.Tensor] = []
+
+    def keep(module: torch.nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        seen.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = lm.layers[block].register_forward_hook(keep)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def head_lengths(prefixes: Sequence[Sequence[int]], groups: Sequence[Hashable]) -> list[int]:

@@ -19,9 +19,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from workbench.atv.training import TrainConfig
+
+if TYPE_CHECKING:
+    from workbench.atv.generator import ATVGenerator
+    from workbench.core.models import LanguageModel
+    from workbench.tasks.registry import Task
 
 
 @dataclass(frozen=True)
@@ -42,29 +49,42 @@ class Preset:
              lora_r: int | None = None) -> tuple:
         """(lm, generator, tasks) ready for :func:`workbench.train_atv` (the projection initialised from the seed;
         with ``input_norm`` the small model's states standardised over the training queries of `config`)."""
-        from workbench.atv.generator import ATVGenerator
-        from workbench.core.encoders import load_encoder
         from workbench.core.models import load_model
         from workbench.tasks.registry import resolve_tasks
 
         cfg = config or self.config
         lm = load_model(self.model, dtype=getattr(torch, self.dtype))
-        encoder = load_encoder(self.encoder, seed=cfg.seed, lm=lm)  # self:K: its K checked against lm here
-        torch.manual_seed(cfg.seed)
-        if lora_r:
-            generator = ATVGenerator.light(encoder, lm, lora_r=lora_r, bottleneck=bottleneck or 64,
-                                           input_norm=self.input_norm)
-        else:
-            generator = ATVGenerator(encoder, lm, bottleneck=bottleneck, input_norm=self.input_norm)
-        if self.zero_query_weights:
-            generator.zero_query_weights()
         tasks = resolve_tasks(list(self.tasks))
-        if self.input_norm:
-            from workbench.atv.examples import training_examples
-
-            examples = training_examples(tasks, cfg.n_train, cfg.seed, cfg.prefix, cfg.generator_input)
-            generator.fit_input_norm(list(dict.fromkeys(ex.generator_text for ex in examples)))
+        generator = build_generator(lm, self.encoder, tasks, cfg, self.input_norm, self.zero_query_weights,
+                                    bottleneck=bottleneck, lora_r=lora_r)
         return lm, generator, tasks
+
+
+def build_generator(lm: LanguageModel, source: str, tasks: list[Task], config: TrainConfig,
+                    input_norm: bool = True, zero_query_weights: bool = True, bottleneck: int | None = None,
+                    lora_r: int | None = None) -> ATVGenerator:
+    """A fresh generator reading with `source` (``minilm-l6``, ``scratch:LxW``, a HF id or folder, ``self:K``) for
+    `lm`, initialised from ``config.seed``; with `input_norm` its states standardised over the training queries of
+    `config` on `tasks` (as the generator will read them: ``config.generator_input``); with `zero_query_weights`
+    the projection's weight starts at 0. What :meth:`Preset.load` builds, for any source."""
+    from workbench.atv.generator import ATVGenerator
+    from workbench.core.encoders import load_encoder
+
+    encoder = load_encoder(source, seed=config.seed, lm=lm)  # self:K: its K checked against lm here
+    torch.manual_seed(config.seed)
+    if lora_r:
+        generator = ATVGenerator.light(encoder, lm, lora_r=lora_r, bottleneck=bottleneck or 64,
+                                       input_norm=input_norm)
+    else:
+        generator = ATVGenerator(encoder, lm, bottleneck=bottleneck, input_norm=input_norm)
+    if zero_query_weights:
+        generator.zero_query_weights()
+    if input_norm:
+        from workbench.atv.examples import training_examples
+
+        examples = training_examples(tasks, config.n_train, config.seed, config.prefix, config.generator_input)
+        generator.fit_input_norm(list(dict.fromkeys(ex.generator_text for ex in examples)))
+    return generator
 
 
 class Presets(dict):

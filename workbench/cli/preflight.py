@@ -54,38 +54,10 @@ def check_model_name(name: str, flag: str = "--model") -> str:
 
 
 def check_encoder_name(name: str, flag: str = "--encoder") -> str:
-    """A generator source `load_encoder` can build: ``scratch:<layers>x<width>`` of a valid shape, ``self:<K>`` (its
-    syntax; K is checked against the large model's blocks as soon as it loads, before any training), an embedded
-    alias, a Hugging Face folder (with config.json) or something shaped like a hub id."""
-    from workbench.core.encoders import EMBEDDED_ENCODERS, SCRATCH, check_scratch_shape, self_block
-    from workbench.core.models import EMBEDDED_MODELS, resolve_source
+    """A generator source `load_encoder` can build (:func:`workbench.core.encoders.check_source_name`)."""
+    from workbench.core.encoders import check_source_name
 
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{flag} must be a small-model name, got {name!r}")
-    try:
-        if self_block(name) is not None:
-            return name
-    except ValueError as err:
-        raise ValueError(f"{flag}: {err}") from None
-    if name.startswith("scratch"):
-        match = SCRATCH.match(name)
-        if not match:
-            raise ValueError(f"{flag} {name!r}: use scratch:<layers>x<width>, e.g. scratch:4x256")
-        try:
-            check_scratch_shape(int(match[1]), int(match[2]))
-        except ValueError as err:
-            raise ValueError(f"{flag} {name!r}: {err}") from None
-    elif name not in EMBEDDED_ENCODERS and name not in EMBEDDED_MODELS:
-        try:
-            if Path(name).suffix == ".gguf":
-                raise FileNotFoundError("a small model cannot be a .gguf file")
-            resolve_source(name, torch.float32)  # the same path rules as the large model's
-        except FileNotFoundError as err:
-            aliases = ", ".join([*EMBEDDED_ENCODERS, *EMBEDDED_MODELS])
-            raise FileNotFoundError(f"{flag} {name!r}: {err}; small models are the embedded aliases ({aliases}), "
-                                    "scratch:<layers>x<width>, self:<block> (the large model's own state), a "
-                                    "Hugging Face model folder or a hub id") from None
-    return name
+    return check_source_name(name, flag)
 
 
 def check_generator_dir(path: str | os.PathLike, flag: str = "--generator") -> Path:

@@ -16,6 +16,11 @@
 3. prints the summary table and the significant paired differences, and appends the wall time of this invocation
    (with the machine's load) to ``study_time.json``.
 
+Under ``accelerate launch --multi_gpu --num_processes N -m workbench study`` (or ``torchrun --nproc_per_node N``)
+process 0 trains the generator and fits the baselines while the others wait, then all N processes evaluate their
+share of the tasks' batches into ``eval/`` (:mod:`workbench.eval.parallel`: the same rows as one process), and process
+0 runs notebook 02 alone, which finds every fit and result in place. Killed, it resumes with any number of processes.
+
 ``study.json`` records the configuration; a rerun with another one is refused before anything runs, naming the
 setting, and so is a ``--run-dir`` the study did not make, a ``train/generator/`` that is not the one the study trains
 (another preset, small model, architecture or TrainConfig field) and a training to resume that the train command
@@ -36,6 +41,7 @@ from workbench.cli import train as train_cli
 from workbench.cli.preflight import check_output_dir
 from workbench.core.checks import check_seed
 from workbench.core.files import atomic_write_json, package_versions, read_json
+from workbench.core.world import World, current_world, outside_world, single_process_env
 
 MARKER = "workbench-study"
 PRESET = "cpu-full"
@@ -155,7 +161,7 @@ def train_generator(run: Path, argv: list[str] | None) -> Path:
     from workbench.atv.generator import is_checkpoint
 
     # a child process, so the memory of the training's prefix cache (~13 GB) is returned before notebook 02 runs
-    code = subprocess.call([sys.executable, "-m", "workbench", "train", *argv])
+    code = subprocess.call([sys.executable, "-m", "workbench", "train", *argv], env=single_process_env())
     if code != 0 or not is_checkpoint(folder / "generator"):
         raise ChildProcessError(f"training the generator failed (exit code {code}); rerun the same command to "
                                 f"resume from {folder / train_cli.CHECKPOINTS}")
@@ -170,6 +176,23 @@ def notebook_parameters(run: Path, config: dict[str, Any], generator: Path) -> d
     if config["small"]:
         params.update(epochs=1, n_train=2)
     return params
+
+
+def evaluate_in_world(run: Path, config: dict[str, Any], generator: Path, world: World) -> None:
+    """Every process of a launch: fit the line-up once (process 0) and evaluate it in shares into ``run/eval``,
+    exactly as notebook 02 then asks for it (same line-up, tasks, items and folders), so the notebook only reloads."""
+    import workbench as wb
+    from workbench.eval.compare import compare, prompt_item_limits, study_line_up
+
+    params = notebook_parameters(run, config, generator)
+    lm = wb.load_model(params["model"], dtype=params["dtype"], device=world.device())
+    line_up = study_line_up(wb.ATVGenerator.load(str(generator), lm), params["budget"], icl_k=params["k"],
+                            seed=params["seed"], epochs=params.get("epochs"), n_train=params["n_train"])
+    train_tasks = [wb.load_task(t) for t in params["tasks"]]
+    eval_tasks = [*train_tasks, *[wb.load_task(t) for t in params["unseen_tasks"]]]
+    compare(lm, line_up, train_tasks, eval_tasks, run_dir=run / "eval", fit_dir=run / "fitted",
+            n_test=params["n_test"], seeds=(params["seed"],), max_items=prompt_item_limits(line_up, params["n_icl"]),
+            progress=world.main)
 
 
 def record_time(run: Path, stages: dict[str, float]) -> dict[str, Any]:
@@ -203,17 +226,30 @@ def main(args: argparse.Namespace) -> int:
 
     config = study_config(args)
     run = Path(args.run_dir).expanduser().resolve()
-    open_study(run, config)
-    training = check_training(run, config)
+    world = current_world()
+    with world.step("open the study (process 0)"):
+        if world.main:
+            open_study(run, config)
+            training = check_training(run, config)
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    generator = train_generator(run, training)
+    with world.step("train the generator (process 0)"):
+        if world.main:
+            train_generator(run, training)
+    generator = run / "train" / "generator"
     stages["train_generator"] = round(time.perf_counter() - start, 1)
+    if world.size > 1:
+        start = time.perf_counter()
+        evaluate_in_world(run, config, generator, world)
+        stages[f"fit_and_evaluate_{world.size}_processes"] = round(time.perf_counter() - start, 1)
+        if not world.main:
+            return 0
     print(f"study: generator ready after {stages['train_generator']:.0f} s; running {NOTEBOOK} "
           f"({len(config['in_domain'])} + {len(config['unseen'])} tasks, {config['n_test']} items × 9 variants)",
           flush=True)
     start = time.perf_counter()
-    info = run_notebook(NOTEBOOK, run, notebook_parameters(run, config, generator))
+    with outside_world():  # the kernel runs alone (under a launch it finds every fit and result in place)
+        info = run_notebook(NOTEBOOK, run, notebook_parameters(run, config, generator))
     stages["notebook_02"] = round(time.perf_counter() - start, 1)
     entry = record_time(run, stages)
     print(f"\nstudy done in {entry['total_seconds']:.0f} s ({stages}); notebook: {info.get('html')}")

@@ -317,3 +317,39 @@ def load_encoder(
     max_len = min(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 512) or 512, 2048)
     body.requires_grad_(True)
     return Encoder(body, tok, name=name, pooling=pooling, max_length=int(max_len))
+
+
+def check_source_name(name: str, flag: str = "source") -> str:
+    """A generator source :func:`load_encoder` can build: ``scratch:<layers>x<width>`` of a valid shape,
+    ``self:<K>`` (its syntax; K is checked against the large model's blocks once it loads), an embedded alias, a
+    Hugging Face folder (with config.json) or something shaped like a hub id; else an error naming `flag`."""
+    from pathlib import Path
+
+    from workbench.core.models import resolve_source
+
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{flag} must be a small-model name, got {name!r}")
+    try:
+        if self_block(name) is not None:
+            return name
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from None
+    if name.startswith("scratch"):
+        match = SCRATCH.match(name)
+        if not match:
+            raise ValueError(f"{flag} {name!r}: use scratch:<layers>x<width>, e.g. scratch:4x256")
+        try:
+            check_scratch_shape(int(match[1]), int(match[2]))
+        except ValueError as err:
+            raise ValueError(f"{flag} {name!r}: {err}") from None
+    elif name not in EMBEDDED_ENCODERS and name not in EMBEDDED_MODELS:
+        try:
+            if Path(name).suffix == ".gguf":
+                raise FileNotFoundError("a small model cannot be a .gguf file")
+            resolve_source(name, torch.float32)  # the same path rules as the large model's
+        except FileNotFoundError as err:
+            aliases = ", ".join([*EMBEDDED_ENCODERS, *EMBEDDED_MODELS])
+            raise FileNotFoundError(f"{flag} {name!r}: {err}; small models are the embedded aliases ({aliases}), "
+                                    "scratch:<layers>x<width>, self:<block> (the large model's own state), a "
+                                    "Hugging Face model folder or a hub id") from None
+    return name

@@ -20,6 +20,7 @@ import torch
 from workbench.core.checks import check_choice, check_int
 from workbench.core.interventions import Intervention, as_intervention, stack_injections, stackable
 from workbench.core.kv_cache import KV, BodyCache, cache_kwarg, output_cache, shared_bodies, tail_inputs
+from workbench.core.remote import remote_logits, remote_states, require_local
 from workbench.core.sampling import Decoder, Generation, check_sampling, check_stop, join
 from workbench.core.tokens import add_bos
 from workbench.core.tokens import check_text
@@ -154,6 +155,9 @@ def next_token_logits(
     with torch.set_grad_enabled(injection is not None and injection.requires_grad):
         for rows in batches(len(prompts), batch_size):
             enc = encode(lm, prompts[rows], truncate, first_index=rows.start)
+            if lm.remote is not None:  # sent to NDIF (an additive injection only)
+                outputs.append(remote_logits(lm, enc, injection, rows))
+                continue
             last = torch.tensor([enc["input_ids"].shape[1] - 1])
             with lm.nn.trace(**enc, logits_to_keep=last):
                 if injection is not None:
@@ -176,6 +180,9 @@ def last_token_states(lm: LanguageModel, prompts: Sequence[str], batch_size: int
     with torch.no_grad():
         for rows in batches(len(prompts), batch_size):
             enc = encode(lm, prompts[rows], truncate, first_index=rows.start)
+            if lm.remote is not None:
+                chunks.append(remote_states(lm, enc))
+                continue
             states: list[torch.Tensor] = []
             with lm.nn.trace(**enc, logits_to_keep=torch.tensor([enc["input_ids"].shape[1] - 1])):
                 for i in range(lm.num_layers):
@@ -214,6 +221,7 @@ def generate(
     each prompt stopped, the seed). Prompts whose logits were NaN/inf or constant at some step (their continuation is
     garbage) give one :class:`BadLogitsWarning`.
     """
+    require_local(lm, "generation")
     prompts = check_prompts(prompts)
     check_batch_size(batch_size)
     check_truncate(truncate)
@@ -353,9 +361,12 @@ def cached_next_token_logits(
     Runs without autograd. `scope` keeps bodies of models whose weights differ apart; `owner` names the caller (see
     :class:`~workbench.core.kv_cache.BodyCache`). ``share_tails=True`` (last-token interventions only) also keeps
     each whole prompt but its last token, computed from its body: other methods that read the same prompts then run
-    one token per prompt (:func:`evaluate_many` sets it when several methods read the same queries).
+    one token per prompt (:func:`evaluate_many` sets it when several methods read the same queries). A remote
+    (NDIF) model runs the prompts uncached (:func:`next_token_logits`).
     """
     prompts = check_prompts(prompts)
+    if lm.remote is not None:  # keys and values would travel both ways: NDIF runs each prompt whole (same logits)
+        return next_token_logits(lm, prompts, intervention, batch_size=batch_size, warn=False)
     edit = body_edit(intervention)
     if not edits_last_token_only(intervention) and edit is None:
         raise ValueError("cached logits need an intervention that edits only the last prompt token "

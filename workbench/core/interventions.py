@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from workbench.core.architectures import architecture_of
+from workbench.core.placement import to_block
 
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
@@ -211,14 +212,16 @@ class Injection:
         return position_mask(attention_mask, self.positions, dtype)
 
     def apply(self, lm: LanguageModel, rows: slice, attention_mask: torch.Tensor) -> None:
-        """Edit the decoder-block outputs inside an nnsight trace of `lm` (blocks touched in forward order)."""
+        """Edit the decoder-block outputs inside an nnsight trace of `lm` (blocks touched in forward order); each
+        block's addition goes to that block's device (a ``device_map`` may spread the blocks over several)."""
         deltas = self.deltas(rows, lm.dtype, lm.device)
         mask = self.position_mask(attention_mask, lm.dtype)
         for layer in resolve_layers(self.layers, lm.num_layers):
             block = lm.nn_layer(layer)
             delta = deltas[..., layer, :]
             delta = delta[:, None, :] if delta.dim() == 2 else delta
-            block.output = block.output + mask * delta
+            out = block.output
+            block.output = out + to_block(mask * delta, out)
 
     def describe(self) -> dict:
         return {"kind": "additive", "scale": self.scale, "layers": _layers_for_record(self.layers),
@@ -303,7 +306,7 @@ class Replacement:
         for layer in resolve_layers(self.layers, lm.num_layers):
             block = lm.nn_layer(layer)
             out = block.output
-            block.output = out + mask * (v[layer] - out)
+            block.output = out + to_block(mask, out) * (to_block(v[layer], out) - out)
 
     def describe(self) -> dict:
         return {"kind": "replace", "layers": _layers_for_record(self.layers), "positions": "last",
@@ -366,11 +369,12 @@ class ContextInjection:
             for j, module in enumerate(sublayers(lm, layer)):
                 out = module.output
                 h = first_output(out)
-                a, b = coefs[layer, j, 0].to(h.dtype), coefs[layer, j, 1].to(h.dtype)
-                new = b * h + a * cv[:, None, layer, j, :]
+                c = to_block(coefs[layer, j], h)  # on this sublayer's device (a device_map may spread them)
+                a, b = c[0], c[1]
+                new = b * h + a * to_block(cv[:, None, layer, j, :], h)
                 if self.noise:
                     new = new + torch.randn_like(new) * new.detach().norm(dim=-1, keepdim=True) * self.noise
-                new = h + mask * (new - h)
+                new = h + to_block(mask, h) * (new - h)
                 module.output = (new, *out[1:]) if isinstance(out, tuple) else new
 
     def body_edit(self) -> tuple[Hashable, ContextInjection] | None:

@@ -7,6 +7,8 @@ Module contents:
 - :func:`prefix_kvs`: keys/values of token sequences, one right-padded forward pass without autograd (optionally
   after a head they all share, computed before).
 - :func:`collate`: per-sequence caches -> one left-padded ``DynamicCache`` and its mask.
+- :func:`stacked`, :func:`placed_cache`: a cache's layers gathered on one device, and put back on each decoder
+  block's device (``device_map``).
 - :func:`shared_bodies`: per prompt, the longest token prefix it shares with another prompt of the same call.
 - :func:`tail_inputs`: the left-padded inputs of tail tokens run after their (collated) bodies.
 - :func:`extend_kvs`: keys/values of bodies extended by more tokens (the prompt but its last token, from its body).
@@ -32,10 +34,26 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import DynamicCache
 
+from workbench.core.placement import block_devices
+
 if TYPE_CHECKING:
     from workbench.core.models import LanguageModel
 
 KV = torch.Tensor  # one sequence's cache: [layers, 2 (keys, values), kv heads, tokens, head_dim]
+
+
+def stacked(layers: Sequence[Any], device: torch.device) -> torch.Tensor:
+    """``[L, 2, B, heads, T, head_dim]`` on `device` from a cache's layers (a ``device_map`` may hold each layer's
+    keys and values on its block's device; on one device nothing moves)."""
+    return torch.stack([torch.stack([layer.keys, layer.values]).to(device) for layer in layers])
+
+
+def placed_cache(lm: LanguageModel, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A ``DynamicCache`` of per-layer (keys, values), each moved to its decoder block's device."""
+    devices = block_devices(lm)
+    if pairs and all(d == pairs[0][0].device for d in devices):  # one device (the default): nothing moves
+        return DynamicCache(list(pairs), config=lm.hf.config)
+    return DynamicCache([(k.to(d), v.to(d)) for (k, v), d in zip(pairs, devices)], config=lm.hf.config)
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,9 +96,8 @@ def prefix_kvs(lm: LanguageModel, seqs: Sequence[Sequence[int]], head: tuple[int
         mask[r, n: len(seqs[i])] = 1
     extra = {}
     if head_kv is not None:
-        extra[cache_kwarg(lm.hf.base_model)] = DynamicCache(
-            [(kv[0][None].expand(B, -1, -1, -1), kv[1][None].expand(B, -1, -1, -1)) for kv in head_kv],
-            config=lm.hf.config)
+        extra[cache_kwarg(lm.hf.base_model)] = placed_cache(
+            lm, [(kv[0][None].expand(B, -1, -1, -1), kv[1][None].expand(B, -1, -1, -1)) for kv in head_kv])
     position_ids = torch.arange(n, T, device=lm.device).repeat(B, 1)
     if edit is None:  # the decoder without its LM head: only keys/values are wanted
         res = lm.hf.base_model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=True,
@@ -95,7 +112,7 @@ def prefix_kvs(lm: LanguageModel, seqs: Sequence[Sequence[int]], head: tuple[int
         raise ValueError(f"{lm.name}: its layers cache keys/values of different shapes (e.g. sliding-window layers), "
                          "which prefix caching does not support (training: TrainConfig(fast_path=False); "
                          "evaluation: cache=False)")
-    full = torch.stack([torch.stack([layer.keys, layer.values]) for layer in layers])  # [L, 2, B, h, T, hd]
+    full = stacked(layers, lm.device)  # [L, 2, B, h, T, hd]
     for r, i in enumerate(rows):
         out[i] = full[:, :, r, :, : len(seqs[i])].clone()
     return out
@@ -123,7 +140,7 @@ def collate(lm: LanguageModel, kvs: Sequence[KV | None], workspace: Callable[...
         if n:
             buf[:, :, i, :, T - n:] = kv
             mask[i, T - n:] = 1
-    return DynamicCache([(buf[layer, 0], buf[layer, 1]) for layer in range(L)], config=lm.hf.config), mask
+    return placed_cache(lm, [(buf[layer, 0], buf[layer, 1]) for layer in range(L)]), mask
 
 
 def shared_bodies(seqs: Sequence[Sequence[int]], min_tail: int = 1) -> list[int]:
@@ -166,7 +183,7 @@ def extend_kvs(lm: LanguageModel, kvs: Sequence[KV | None], tails: Sequence[Sequ
     body_cache, inputs, _ = tail_inputs(lm, kvs, tails)
     extra = {cache_kwarg(lm.hf.base_model): body_cache} if body_cache is not None else {}
     res = lm.hf.base_model(**inputs, use_cache=True, **extra)
-    full = torch.stack([torch.stack([layer.keys, layer.values]) for layer in output_cache(res).layers])
+    full = stacked(output_cache(res).layers, lm.device)
     real = inputs["attention_mask"].bool().to(full.device)  # [B, T]: each row's real tokens, in order
     return [full[:, :, r, :, real[r]].clone() for r in range(len(tails))]
 

@@ -4,7 +4,8 @@
 (`.hf`), its nnsight wrapper (`.nn`), the tokenizer (left padding), the decoder blocks (`.layers`) and its
 fingerprint (`.fingerprint`, :func:`model_fingerprint`), which fits, generators and run folders record and compare.
 A local folder or .gguf file is named by its resolved absolute path, so the same model given by a relative or an
-absolute path, with a trailing slash or through a symlink, is the same model.
+absolute path, with a trailing slash or through a symlink, is the same model. ``remote=True`` runs it on NDIF
+(:mod:`workbench.core.remote`); ``device_map`` / ``quantization`` spread or shrink it (:mod:`workbench.core.placement`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from workbench.core.architectures import architecture_of, hidden_size_of
 from workbench.core.files import atomic_dir
 from workbench.core.fingerprints import tensors_fingerprint
+from workbench.core.placement import check_placement, execution_device, onloaded, placement_kwargs
+from workbench.core.remote import RemoteTarget, ndif_host, preflight
 
 #: Embedded models: alias -> (python package shipping the weights, file inside it or None for an HF folder).
 EMBEDDED_MODELS: dict[str, tuple[str, str | None]] = {
@@ -56,7 +59,8 @@ class LanguageModel:
     """A frozen causal LM with its nnsight wrapper and the facts the workbench needs about it.
 
     ``fingerprint`` (:func:`model_fingerprint`) is computed once, when the handle is made: weights changed in place
-    afterwards are not seen (LoRA's fit and ``active`` leave them as they were).
+    afterwards are not seen (LoRA's fit and ``active`` leave them as they were). ``remote``: the model runs on NDIF
+    (:class:`~workbench.core.remote.RemoteTarget`); ``hf`` then holds no weights (meta device).
     """
 
     hf: PreTrainedModel
@@ -65,12 +69,17 @@ class LanguageModel:
     layer_path: str
     chat: bool = False
     source: str = ""
+    remote: RemoteTarget | None = field(default=None, repr=False)
     nn: Any = field(init=False, repr=False)
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.nn = nnsight.NNsight(self.hf)
-        self.fingerprint = model_fingerprint(self.hf, self.layers)
+        if self.remote is not None:
+            self.nn = self.remote.envoy
+            self.fingerprint = self.remote.fingerprint()
+        else:
+            self.nn = nnsight.NNsight(self.hf)
+            self.fingerprint = model_fingerprint(self.hf, self.layers)
 
     @property
     def layers(self) -> torch.nn.ModuleList:
@@ -79,7 +88,11 @@ class LanguageModel:
 
     def nn_layer(self, index: int) -> Any:
         """The nnsight envoy of decoder block `index` (use inside a trace)."""
-        return functools.reduce(getattr, self.layer_path.split("."), self.nn)[index]
+        return self.nn_layers()[index]
+
+    def nn_layers(self) -> Any:
+        """The nnsight envoy of the decoder-block list (use inside a trace)."""
+        return functools.reduce(getattr, self.layer_path.split("."), self.nn)
 
     @property
     def num_layers(self) -> int:
@@ -91,11 +104,15 @@ class LanguageModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the input embedding's device (CPU for a remote model)."""
+        if self.remote is not None:
+            return torch.device("cpu")
+        return execution_device(self.hf.get_input_embeddings())
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.hf.parameters()).dtype
+        """The compute dtype: the first floating-point parameter's (a quantized model's int weights skipped)."""
+        return next((p.dtype for p in self.hf.parameters() if p.is_floating_point()), torch.float32)
 
     @property
     def max_length(self) -> int:
@@ -123,6 +140,11 @@ class LanguageModel:
             "dtype": str(self.dtype).replace("torch.", ""),
             "chat_template": self.chat,
             "fingerprint": self.fingerprint,
+            **({"remote": self.remote.describe()} if self.remote is not None else {}),
+            **({"device_map": {k: str(v) for k, v in self.hf.hf_device_map.items()}}
+               if getattr(self.hf, "hf_device_map", None) else {}),
+            **({"quantization": "8bit" if getattr(self.hf.hf_quantizer.quantization_config, "load_in_8bit", False)
+                else "4bit"} if getattr(self.hf, "hf_quantizer", None) is not None else {}),
         }
 
 
@@ -139,9 +161,10 @@ def model_fingerprint(hf: PreTrainedModel, layers: torch.nn.ModuleList) -> str:
     cfg = hf.config
     header = {"architecture": type(hf).__name__, "model_type": getattr(cfg, "model_type", None),
               "num_layers": len(layers), "hidden_size": hidden_size_of(cfg)}
-    named = [("embedding", hf.get_input_embeddings().weight), *_base_parameters(layers[0], "first"),
-             *_base_parameters(layers[-1], "last")]
-    return tensors_fingerprint(named, header, sample=FINGERPRINT_SAMPLE, as_bfloat16=True)
+    with onloaded([hf.get_input_embeddings(), layers[0], layers[-1]]):  # offloaded by a device_map: read them
+        named = [("embedding", hf.get_input_embeddings().weight), *_base_parameters(layers[0], "first"),
+                 *_base_parameters(layers[-1], "last")]
+        return tensors_fingerprint(named, header, sample=FINGERPRINT_SAMPLE, as_bfloat16=True)
 
 
 def model_name(name_or_path: str) -> str:
@@ -168,6 +191,7 @@ def wrap_model(
     name: str,
     source: str = "",
     chat: bool | None = None,
+    remote: RemoteTarget | None = None,
 ) -> LanguageModel:
     """Freeze `hf` (eval mode, no grads) and wrap it; used by `load_model` and by tests on tiny models."""
     hf.eval()
@@ -178,7 +202,7 @@ def wrap_model(
 
         chat = uses_chat_template(name, tokenizer)
     return LanguageModel(hf=hf, tokenizer=tokenizer, name=name, layer_path=architecture_of(hf).layers, chat=chat,
-                         source=source)
+                         source=source, remote=remote)
 
 
 def _embedded_folder(alias: str, dtype: torch.dtype) -> Path:
@@ -243,6 +267,10 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device | None = None,
     chat: bool | None = None,
+    remote: bool = False,
+    api_key: str | None = None,
+    device_map: str | dict | None = None,
+    quantization: str | None = None,
 ) -> LanguageModel:
     """Load a frozen causal LM.
 
@@ -250,11 +278,20 @@ def load_model(
     safetensors under `$ATV_CACHE`), any Hugging Face hub id (e.g. ``meta-llama/Meta-Llama-3-8B``), a local HF
     folder, or a ``.gguf`` path. ``chat=None`` applies the tokenizer's chat template when the model name contains
     "instruct", as the official ATV code does. ``dtype``: a torch dtype or its name (:data:`DTYPES`).
+
+    ``remote=True``: a hub id NDIF hosts, run there (key: `api_key`, ``$NDIF_API_KEY`` or nnsight's config; checked
+    with NDIF before anything loads, see :mod:`workbench.core.remote`). ``device_map``: ``"auto"`` or a dict
+    ``{module name: device}`` (accelerate places the blocks); ``quantization``: ``"8bit"`` or ``"4bit"``
+    (bitsandbytes, CUDA only). Every option is checked before any weight is read.
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError(f"model must be a non-empty string (alias, hub id, folder or .gguf), got {name_or_path!r}")
     dtype = as_dtype(dtype)
+    device_map, quantization = check_placement(remote, device, device_map, quantization)
+    if remote:
+        return load_remote(name_or_path, preflight(name_or_path, api_key), chat)
     source, kwargs, name = resolve_source(name_or_path, dtype)
+    kwargs.update(placement_kwargs(device_map, quantization, dtype))
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TypedStorage.*")
@@ -265,10 +302,21 @@ def load_model(
             f"could not load model {name_or_path!r}: {err}\nEmbedded aliases: {', '.join(EMBEDDED_MODELS)}; "
             f"hub ids need network access to huggingface.co (or HF_HOME with the files cached)."
         ) from err
-    if "gguf_file" in kwargs:
+    if "gguf_file" in kwargs and quantization is None:
         hf = hf.to(dtype)
         hf.hf_quantizer = None
     if device is not None:
         hf = hf.to(device)
     given = name_or_path if name_or_path in EMBEDDED_MODELS else model_name(name_or_path)
     return wrap_model(hf, tokenizer, name=name, source=given, chat=chat)
+
+
+def load_remote(repo_id: str, key: str, chat: bool | None = None) -> LanguageModel:
+    """A handle on NDIF's copy of hub model `repo_id`: config and tokenizer fetched here, weights left on the meta
+    device (never downloaded); every supported forward pass is sent to NDIF with API key `key`."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    envoy = TransformersModel(repo_id, task="text-generation")
+    target = RemoteTarget(envoy, envoy.to_model_key(), api_key=key, host=ndif_host())
+    return wrap_model(envoy._module, envoy.tokenizer, name=repo_id, source=f"ndif:{repo_id}", chat=chat,
+                      remote=target)

@@ -19,6 +19,7 @@ from transformers import (
 
 from workbench.core.architectures import ARCHITECTURES
 from workbench.core.models import LanguageModel, wrap_model
+from workbench.core.remote import RemoteTarget, RequestRecorder, model_key
 
 BASE_WORDS = (
     "A B C D E F G H I J True False Yes No positive negative Neither Answer answer The is Question Options "
@@ -67,3 +68,17 @@ def tiny_model(
     torch.manual_seed(seed)
     hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     return wrap_model(hf, tok, name=name or f"tiny-{arch}", source=f"tiny:{arch}", chat=False)
+
+
+def as_remote(lm: LanguageModel, execute: bool = True) -> tuple[LanguageModel, RequestRecorder]:
+    """(`lm` as a remote model, the recorder of its requests): every supported forward pass is built and serialized
+    as the NDIF request nnsight would send and kept in ``recorder.sent`` instead of posted; ``execute=True`` also
+    runs each payload here, as an NDIF server would, so results come back. Tests the remote path with no network."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    envoy = TransformersModel(lm.hf, tokenizer=lm.tokenizer, task="text-generation")
+    target = RemoteTarget(envoy, model_key(lm.name), host="(not sent)")
+    recorder = RequestRecorder(target, execute=execute)
+    target.backend_factory = lambda _: recorder
+    return wrap_model(lm.hf, lm.tokenizer, name=lm.name, source=f"ndif:{lm.name}", chat=lm.chat,
+                      remote=target), recorder

@@ -17,11 +17,11 @@ import pandas as pd
 from workbench.eval.efficiency import efficiency_table
 from workbench.eval.evaluate import evaluate_many
 from workbench.eval.labels import label_folders
+from workbench.eval.parallel import fit_once
 from workbench.eval.run_safety import check_run_folder
 from workbench.eval.tables import summarize
 from workbench.methods import ATV, ELICIT, I2CL, BM25FewShot, FewShot, LoRA, StaticTaskVector, ZeroShot
 from workbench.methods.base import Method
-from workbench.methods.fitted import fit_or_load
 from workbench.methods.names import METHODS, display_label
 from workbench.tasks.registry import TaskSpec, resolve_tasks
 
@@ -56,6 +56,39 @@ def standard_methods(generator: Any = None, budget: str = "paper", k: int | None
     ]
     line_up += [ATV(g) for g in (generator, light_generator) if g is not None]
     return labelled(line_up)
+
+
+#: the methods a line-up can be chosen from, by canonical name (:mod:`workbench.methods.names`)
+LINE_UP_NAMES = ("zero-shot", "few-shot", "bm25", "static-tv", "elicit", "i2cl", "lora", "atv")
+#: the prompt baselines that may run on a subset of the items (they share no prompt bodies)
+PROMPT_BASELINES = ("few-shot", "bm25")
+
+
+def study_line_up(generator: Any = None, budget: str = "paper", methods: Sequence[str] | None = None,
+                  icl_k: int | None = None, seed: int = 42, epochs: int | None = None, n_train: int | None = None,
+                  lam: float | None = None) -> dict[str, Method]:
+    """The line-up the study (notebook 02) and ``eval --methods`` build: :func:`standard_methods` for `budget`,
+    ATV at λ = `lam` when given, restricted to `methods` (canonical names or display labels, in the line-up's
+    order; None: all). ValueError naming an unknown one, or ``atv`` without a generator."""
+    line_up = standard_methods(generator, budget=budget, icl_k=icl_k, seed=seed, epochs=epochs, n_train=n_train)
+    if lam is not None and "ATV" in line_up:
+        line_up["ATV"] = ATV(generator, scale=lam)
+    if not methods:
+        return line_up
+    wanted = list(methods)
+    known = {*LINE_UP_NAMES, *line_up}
+    bad = [m for m in wanted if m not in known]
+    if bad:
+        raise ValueError(f"unknown method {bad[0]!r}; use canonical names {', '.join(LINE_UP_NAMES)} "
+                         f"(or the labels {', '.join(line_up)})")
+    if generator is None and any(m in ("atv", "ATV", "ATV-Light") for m in wanted):
+        raise ValueError("method atv needs a trained generator (--generator DIR, a folder saved by training)")
+    return {label: m for label, m in line_up.items() if label in wanted or m.name in wanted}
+
+
+def prompt_item_limits(line_up: Mapping[str, Method], n_icl: int | None) -> dict[str, int]:
+    """``max_items`` for the prompt baselines of `line_up` (k-shot, BM25: `n_icl` of the items; None: all)."""
+    return {label: n_icl for label, m in line_up.items() if n_icl and m.name in PROMPT_BASELINES}
 
 
 def labelled(methods: Mapping[str, Method] | Sequence[Method]) -> dict[str, Method]:
@@ -105,10 +138,8 @@ def compare(
     fit_folders = label_folders(fit_dir, methods) if fit_dir is not None else dict.fromkeys(methods)
     for folder in (label_folders(run_dir, methods).values() if run_dir is not None else ()):
         check_run_folder(folder)  # a refused results folder stops the comparison before any fitting
-    fit_seconds: dict[str, float] = {}
-    reloaded: dict[str, bool] = {}
-    for name, method in methods.items():
-        fit_seconds[name], reloaded[name] = fit_or_load(method, lm, train_list, fit_folders[name])
+    # once: under a launch of several processes, process 0 fits and saves, the others reload (eval.parallel)
+    fit_seconds, reloaded = fit_once(methods, lm, train_list, fit_folders)
     # task by task, every method on the same items; prompt bodies shared across methods (workbench.eval.evaluate)
     evaluated = evaluate_many(lm, methods, eval_list, run_dir=run_dir, data_dir=data_dir, **evaluate_kwargs)
     frames: dict[str, pd.DataFrame] = {}

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,20 +42,19 @@ from tqdm.auto import tqdm
 
 from workbench.core.inference import (
     batches,
-    body_lengths,
-    cached_next_token_logits,
     check_batch_size,
     PromptTooLong,
-    joint_intervention,
     next_token_logits,
-    row_body_edits,
-    shares_bodies,
 )
 from workbench.core.kv_cache import BodyCache
+from workbench.core.world import current_world
 from workbench.core.tokens import count_tokens
+from workbench.eval.cached_variants import check_batch, run_variants_cached
 from workbench.eval.efficiency import PeakMemory
 from workbench.eval.item_notes import too_long_item, warn_short_splits
 from workbench.eval.method_run import MethodRun, warn_bad_logits
+from workbench.eval.parallel import Job, evaluate_sharded, is_sharded
+from workbench.eval.units import method_batches
 from workbench.eval.labels import label_folders
 from workbench.eval.run_safety import run_locks
 from workbench.eval.scoring import AnswerTokens, score_row
@@ -91,8 +90,6 @@ SPLITS = ("test", "valid")
 #: 250-token task are ~1 GB of SmolLM2 keys/values, and LoRA keeps its own: a smaller budget silently loses the
 #: sharing across answer prefixes for the bodies that do not fit. Pass a BodyCache to choose another budget.
 TASK_CACHE_MB = 4096.0
-#: Rows x prompt tokens of one stacked tail pass (the variants of a batch run together; this bounds its keys/values).
-STACKED_TOKENS = 32768
 
 
 def sample_items(task: Task, n_test: int | None, seed: int, split: str = "test") -> list[int]:
@@ -110,17 +107,6 @@ def subsample_items(indices: list[int], max_items: int | None, seed: int) -> lis
         return list(indices)
     rng = np.random.default_rng([seed, len(indices)])
     return sorted(indices[int(i)] for i in rng.choice(len(indices), max_items, replace=False))
-
-
-def _check_batch(batch: Any, n: int, method: Method) -> PreparedBatch:
-    if not isinstance(batch, PreparedBatch):
-        msg = f"{type(method).__name__}.prepare must return a PreparedBatch, got {type(batch).__name__}"
-        raise ValueError(msg)
-    if len(batch.prompts) != n:
-        raise ValueError(f"{type(method).__name__}.prepare returned {len(batch.prompts)} prompts for {n} items")
-    if batch.info and len(batch.info) != n:
-        raise ValueError(f"{type(method).__name__}.prepare returned {len(batch.info)} info dicts for {n} items")
-    return batch
 
 
 # ----------------------------------------------------------------------------------------------- one task
@@ -148,7 +134,7 @@ def run_batch(lm: Any, method: Method, task: Task, items: list[Any], texts: list
     """``method.prepare`` then the forward pass; returns (prepared batch, logits ``[n, V]``, latency per item)."""
     n = len(items)
     start = time.perf_counter()
-    prepared = _check_batch(method.prepare(lm, task, items, texts, seed), n, method)
+    prepared = check_batch(method.prepare(lm, task, items, texts, seed), n, method)
     logits = next_token_logits(lm, prepared.prompts, injection=prepared.intervention, batch_size=n, warn=False)
     return prepared, logits, (time.perf_counter() - start) / n
 
@@ -177,20 +163,25 @@ def batch_rows(lm: Any, method: Method, task: Task, batch: BatchResult, answers:
 def evaluate_task(
     lm: Any, method: Method, task: Task, item_sets: dict[int, list[int]], variant_list: list[tuple[int, str]],
     batch_size: int = 8, progress: bool = True, cache: BodyCache | None = None, split: str = "test",
-    share_tails: bool = False,
+    share_tails: bool = False, only: Collection[tuple[int, int]] | None = None,
+    units: Mapping[tuple[int, int], Hashable] | None = None,
 ) -> pd.DataFrame:
     """Rows for one task (call inside ``method.active(lm)``); `item_sets` maps seed -> indices into `split`.
 
     With a `cache`, the variants of each batch of items are prepared together and every shared prompt body runs
     once (:mod:`workbench.core.kv_cache`); the rows are the same as without it, in the same order. `share_tails`:
     also keep each prompt but its last token for other methods that read the same prompts (see
-    :func:`~workbench.core.inference.cached_next_token_logits`).
+    :func:`~workbench.core.inference.cached_next_token_logits`). `only`: the batches to run, as (seed, position of
+    the batch's first item); None: all (:mod:`workbench.eval.parallel` gives each process its own). `units`: per
+    batch, the unit of work it belongs to (:mod:`workbench.eval.units`); bodies are shared within a unit only, so a
+    unit's numbers do not depend on which other units the process ran.
     """
     if task.labels:
         label_token_ids(lm.tokenizer, task.labels)  # clear error if two labels share their first token
     answers = AnswerTokens(lm.tokenizer)
     split_items = getattr(task, split)
-    groups = [(seed, rows) for seed, indices in item_sets.items() for rows in batches(len(indices), batch_size)]
+    groups = [(seed, rows) for seed, indices in item_sets.items() for rows in batches(len(indices), batch_size)
+              if only is None or (seed, rows.start) in only]
     keyed: list[tuple[tuple[int, int, int], list[dict[str, Any]]]] = []
     seed_order = {seed: i for i, seed in enumerate(item_sets)}
     with tqdm(total=len(groups) * len(variant_list), desc=task.name, leave=False, disable=not progress) as bar:
@@ -199,7 +190,8 @@ def evaluate_task(
             items = [split_items[i] for i in indices]
             texts = [variant_texts(task, items, t_idx, prefix) for t_idx, prefix in variant_list]
             try:
-                runs_ = (run_variants_cached(lm, method, task, items, texts, seed, cache, share_tails)
+                runs_ = (run_variants_cached(lm, method, task, items, texts, seed, cache, share_tails,
+                                             (units or {}).get((seed, rows.start)))
                          if cache is not None else [run_batch(lm, method, task, items, t, seed) for t in texts])
             except PromptTooLong as err:  # named by task, item and variant rather than "prompt 0"
                 raise too_long_item(err, lm, method, task, items, indices, texts, variant_list, seed, split) from None
@@ -210,71 +202,6 @@ def evaluate_task(
                 bar.update(1)
     keyed.sort(key=lambda kv: kv[0])  # seed, then variant, then items: the order of the uncached protocol
     return pd.DataFrame.from_records([row for _, rows_ in keyed for row in rows_])
-
-
-def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], texts: list[list[str]], seed: int,
-                        cache: BodyCache, share_tails: bool = False) -> list[tuple[PreparedBatch, torch.Tensor, float]]:
-    """Every variant of one batch of items with shared bodies: prepare all, find the bodies they share, run each
-    body once and only the tails. The variants run in one forward pass when their edits can be joined
-    (:func:`~workbench.core.inference.joint_intervention`: the model's weights are then read once for all); a
-    variant whose intervention edits earlier positions runs uncached, unless it edits every token alike for every
-    prompt (I2CL: :func:`~workbench.core.inference.body_edit`) or alike for the prompts that share its vectors
-    (I2CL on an unseen task: :func:`run_row_edits`).
-    Latency per row = the group's wall time / its rows, plus the time of the bodies it read that another method
-    had computed (so a method's latency does not depend on which method ran first)."""
-    start, borrowed = time.perf_counter(), cache.borrowed_seconds
-    n = len(items)
-    prepared = [_check_batch(method.prepare(lm, task, items, t, seed), n, method) for t in texts]
-    cacheable = [v for v, p in enumerate(prepared) if shares_bodies(p.intervention)]
-    seqs, cuts = body_lengths(lm, [q for v in cacheable for q in prepared[v].prompts]) if cacheable else ([], [])
-    scope = None if method.shares_model_weights else ("method", id(method))
-    kwargs = dict(cache=cache, scope=scope, owner=id(method), share_tails=share_tails)
-    logits: dict[int, torch.Tensor] = {}
-    joint, joined = (joint_intervention([prepared[v].intervention for v in cacheable], n, lm.num_layers)
-                     if len(cacheable) > 1 else (False, None))
-    if joint:
-        every = cached_next_token_logits(lm, [q for v in cacheable for q in prepared[v].prompts], joined,
-                                         batch_size=stacked_rows(n, seqs), bodies=cuts, **kwargs)
-        logits = {v: every[j * n: (j + 1) * n] for j, v in enumerate(cacheable)}
-    else:
-        for j, v in enumerate(cacheable):
-            logits[v] = cached_next_token_logits(lm, prepared[v].prompts, prepared[v].intervention, batch_size=n,
-                                                 bodies=cuts[j * n: (j + 1) * n], **kwargs)
-    logits.update(run_row_edits(lm, prepared, [v for v in range(len(prepared)) if v not in logits], n, kwargs))
-    for v, p in enumerate(prepared):
-        if v not in logits:
-            logits[v] = next_token_logits(lm, p.prompts, injection=p.intervention, batch_size=n, warn=False)
-    latency = (time.perf_counter() - start + cache.borrowed_seconds - borrowed) / (n * len(texts))
-    return [(p, logits[v], latency) for v, p in enumerate(prepared)]
-
-
-def stacked_rows(n: int, seqs: Sequence[Sequence[int]]) -> int:
-    """Rows per pass when variants run together: at least a batch of items, else ~``STACKED_TOKENS`` tokens."""
-    return max(n, STACKED_TOKENS // max(len(q) for q in seqs))
-
-
-def run_row_edits(lm: Any, prepared: list[PreparedBatch], pending: list[int], n: int, kwargs: dict[str, Any],
-                  ) -> dict[int, torch.Tensor]:
-    """Logits of the `pending` variants whose body edit differs between prompts (I2CL on an unseen task:
-    :func:`~workbench.core.inference.row_body_edits`): the prompts of all of them that make the same edit run in one
-    cached pass under it, so they share bodies across prefixes and their tails run together."""
-    edits = {v: row_body_edits(prepared[v].intervention, n) for v in pending}
-    split = [v for v in pending if edits[v] is not None]
-    if not split:
-        return {}
-    seqs, cuts = body_lengths(lm, [q for v in split for q in prepared[v].prompts])
-    groups: dict[Any, tuple[Any, list[tuple[int, int, int]]]] = {}
-    for j, v in enumerate(split):
-        for r, (key, edit) in enumerate(edits[v]):  # type: ignore[union-attr]
-            groups.setdefault(key, (edit, []))[1].append((j * n + r, v, r))
-    out: dict[int, list[Any]] = {v: [None] * n for v in split}
-    for edit, members in groups.values():
-        got = cached_next_token_logits(lm, [prepared[v].prompts[r] for _, v, r in members], edit,
-                                       batch_size=stacked_rows(n, [seqs[i] for i, _, _ in members]),
-                                       bodies=[cuts[i] for i, _, _ in members], **kwargs)
-        for k, (_, v, r) in enumerate(members):
-            out[v][r] = got[k]
-    return {v: torch.stack(rows_) for v, rows_ in out.items()}
 
 
 def _tail_sharing(methods: Mapping[str, Method]) -> dict[str, bool]:
@@ -347,7 +274,8 @@ def evaluate_many(
     it read even when an earlier method computed them (their measured time), so latencies compare as if each
     method had run alone with the cache. ``max_items`` (``{label: m}``) evaluates those methods on a seeded subset of
     m of each task's sampled items (:func:`subsample_items`; recorded in their config), e.g. k-shot prompts, which
-    share no bodies and cost most.
+    share no bodies and cost most. Under a launch of several processes (``accelerate launch``, ``torchrun``) the
+    tasks' batches are shared out and merged into the same run folders (:mod:`workbench.eval.parallel`).
     """
     methods = dict(methods)
     bad = [k for k, m in methods.items() if not isinstance(m, Method)]
@@ -381,24 +309,39 @@ def evaluate_many(
                           folders[k])
              for k, m in methods.items()}  # each checks its run folder, reading only: refusals before any work
     share_tails = _tail_sharing(methods)
+
+    def items_of(task: Task, label: str | None) -> dict[int, list[int]]:
+        """The sampled items per seed (label None), or those `label` is evaluated on."""
+        base = {s: sample_items(task, n_test, s, split) for s in seed_list}
+        return base if label is None else {s: subsample_items(ix, limits.get(label), s) for s, ix in base.items()}
+
+    def compute(task: Task, label: str, items: dict[int, list[int]], only: Any = None) -> tuple[pd.DataFrame, dict]:
+        units = {b[:2]: u for b, u in method_batches(task.name, items_of(task, None), items, batch_size).items()}
+        with methods[label].active(lm), PeakMemory(lm.device) as mem:
+            part = evaluate_task(lm, methods[label], task, items, variant_list, batch_size, progress, body_cache,
+                                 split, share_tails[label], only, units)
+        return part, mem.result
+
+    def end_task() -> None:
+        if cache is True:
+            body_cache.clear()  # a task's bodies are not reused by the next task
+
+    world = current_world()
+    if is_sharded(state, world):  # several processes, or units an earlier launch left (workbench.eval.parallel)
+        return evaluate_sharded(Job(lm, task_list, state, items_of, compute, end_task, batch_size, variant_list),
+                                world)
     with run_locks(f for f in folders.values() if f is not None), \
             tqdm(total=len(task_list) * len(methods), desc=" + ".join(m.name for m in methods.values()),
                  disable=not progress) as bar:
         for run in state.values():
             run.open()
         for task in task_list:
-            item_sets = {s: sample_items(task, n_test, s, split) for s in seed_list}
-            for label, method in methods.items():
+            for label in methods:
                 run = state[label]
                 if not run.resume(task, lm):
-                    items = {s: subsample_items(ix, limits.get(label), s) for s, ix in item_sets.items()}
-                    with method.active(lm), PeakMemory(lm.device) as mem:
-                        part = evaluate_task(lm, method, task, items, variant_list, batch_size, progress,
-                                             body_cache, split, share_tails[label])
-                    run.add(task, part, mem.result)
+                    run.add(task, *compute(task, label, items_of(task, label)))
                 bar.update(1)
-            if cache is True:
-                body_cache.clear()  # a task's bodies are not reused by the next task
+            end_task()
     out = {}
     for label, method in methods.items():
         warn_bad_logits(state[label].parts, method)

@@ -32,7 +32,7 @@ class MethodRun:
             self.config["split"] = split
         if max_items is not None:
             self.config["max_items"] = max_items
-        self.run_dir = run_dir
+        self.method, self.run_dir = method, run_dir
         if run_dir is not None:
             runs.check_run(run_dir, self.config)
         self.root: Path | None = None
@@ -43,6 +43,12 @@ class MethodRun:
         """Create or resume the run folder (call holding its :func:`~workbench.eval.run_safety.run_lock`)."""
         if self.run_dir is not None:
             self.root = runs.open_run(self.run_dir, self.config)
+            self.records = dict(runs.read_efficiency(self.root).get("tasks", {}))
+
+    def attach(self) -> None:
+        """Read the run folder another process opened (a launch's other processes: :mod:`workbench.eval.parallel`)."""
+        if self.run_dir is not None:
+            self.root = Path(self.run_dir).expanduser()
             self.records = dict(runs.read_efficiency(self.root).get("tasks", {}))
 
     def resume(self, task: Task, lm: Any) -> bool:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from workbench.core.checks import check_int, check_number, check_optional_int, check_seed, check_template
 from workbench.core.inference import next_token_logits
 from workbench.core.interventions import MODULES, ContextInjection, check_positions
+from workbench.core.remote import require_local
 from workbench.methods.base import Method, PreparedBatch
 from workbench.methods.demos import per_class_demos, single_demos, sublayer_outputs
 from workbench.tasks.answers import target_first_token
@@ -88,6 +89,7 @@ class I2CL(Method):
 
     def fit(self, lm: LanguageModel, train_tasks: TaskSpec) -> I2CL:
         """Context vectors of `train_tasks` (names, Tasks or a list of them) and the shared coefficients."""
+        require_local(lm, "I2CL's fit")
         tasks = resolve_tasks(train_tasks)
         examples: list[tuple[str, int, str]] = []  # (rendered question, target token, task)
         for task in tasks:

@@ -37,6 +37,8 @@ from workbench.atv.loss import answer_loss
 from workbench.core.architectures import architecture_of
 from workbench.core.checks import check_int, check_number, check_optional_int, check_seed
 from workbench.core.files import FileFormatError, atomic_write_bytes, atomic_write_text
+from workbench.core.placement import offloaded_blocks
+from workbench.core.remote import require_local
 from workbench.core.tensorfiles import read_tensors
 from workbench.methods.base import Method
 from workbench.tasks.registry import TaskSpec, resolve_tasks
@@ -136,6 +138,11 @@ class LoRA(Method):
 
     def fit(self, lm: LanguageModel, train_tasks: TaskSpec) -> LoRA:
         """Train the adapter on `train_tasks` (names, Tasks or a list of them)."""
+        require_local(lm, "LoRA's fit")
+        if offloaded_blocks(lm):
+            raise ValueError(f"LoRA's fit trains adapters inside decoder blocks {offloaded_blocks(lm)}, which the "
+                             "device_map offloaded (cpu/disk next to GPUs: their weights are not resident); give "
+                             "every block a GPU (or the CPU alone) in the device_map, or quantize the model")
         examples = training_examples(resolve_tasks(train_tasks), n_train=self.n_train, seed=self.seed)
         prompts = [ex.prompt(lm) for ex in examples]
         targets = [ex.target for ex in examples]
@@ -190,9 +197,14 @@ class LoRA(Method):
     @contextlib.contextmanager
     def active(self, lm: LanguageModel) -> Iterator[None]:
         """The trained adapter merged into the base weights (``W + s·B·A``): evaluation costs what the plain model
-        costs (no LoRA modules for nnsight to trace). The original weights are restored exactly on exit."""
+        costs (no LoRA modules for nnsight to trace). The original weights are restored exactly on exit. On a
+        quantized model the adapter stays unmerged (its modules run beside the 8/4-bit weights)."""
         if self.state is None:
             raise RuntimeError("LoRA is not fitted: call fit(lm, in_domain_tasks) first")
+        if getattr(lm.hf, "hf_quantizer", None) is not None:  # 8/4-bit weights cannot hold W + s·B·A exactly
+            with self.attached(lm, train=False):
+                yield  # the adapter runs beside the quantized weights
+            return
         originals: list[tuple[torch.nn.Module, torch.Tensor]] = []
         try:
             with self.attached(lm, train=False):
