@@ -24,9 +24,10 @@ TEMPLATES = ["Review: {input}\nIs it positive or negative?", "{input}\nSentiment
 TEXTS = ["the movie was great", "a sad and slow film that is a sad film", "hello"]  # three lengths: padding
 
 
-def toy_task() -> Task:
-    items = [Item(w, "positive" if i % 2 == 0 else "negative") for i, w in enumerate(WORDS)]
-    return Task(name="toy", category="NLU", domain="NLU", templates=TEMPLATES, labels=("positive", "negative"),
+def toy_task(words: list[str] = WORDS, templates: list[str] = TEMPLATES) -> Task:
+    """A two-label task over `words` (alternating labels) with `templates`; every split holds all items."""
+    items = [Item(w, "positive" if i % 2 == 0 else "negative") for i, w in enumerate(words)]
+    return Task(name="toy", category="NLU", domain="NLU", templates=templates, labels=("positive", "negative"),
                 in_domain=True, train=items, valid=items[:2], test=items)
 
 

@@ -14,7 +14,9 @@ from workbench.atv.training import TrainConfig, build_batchers, build_examples, 
 from workbench.core.encoders import load_encoder
 from workbench.core.kv_cache import prefix_kvs
 from workbench.core.testing import tiny_model
-from workbench.tasks.registry import Item, Task
+from workbench.tasks.registry import Task
+
+from test_generator_sources import toy_task as sources_toy_task
 
 WORDS = ["good fun film", "bad slow film that drags", "great cast", "dull plot", "nice music", "awful ending"]
 # all start with the input: an item's prompts share it (PrefixStore bodies)
@@ -22,9 +24,7 @@ TEMPLATES = ["{input}\nQuestion: is it positive or negative?", "{input}\nQuestio
 
 
 def toy_task() -> Task:
-    items = [Item(w, "positive" if i % 2 == 0 else "negative") for i, w in enumerate(WORDS)]
-    return Task(name="toy", category="NLU", domain="NLU", templates=TEMPLATES, labels=("positive", "negative"),
-                in_domain=True, train=items, valid=items[:2], test=items)
+    return sources_toy_task(WORDS, TEMPLATES)
 
 
 @pytest.fixture(scope="module")
