@@ -92,9 +92,8 @@ class AblationBudget:
         check_seeds(self.seeds)
         scaling.ScalingBudget(n_trains=self.n_trains, seeds=self.seeds[:1]).validate()
         scaling.ScalingBudget(n_trains=self.lora_n_trains, seeds=self.seeds[:1]).validate()
-        for value, name in ((self.n_test, "n_test"), (self.ceiling_n_test, "ceiling_n_test"),
-                            (self.side_n_test, "side_n_test")):
-            check_n_test(value) if value is not None else None
+        for value in (self.n_test, self.ceiling_n_test, self.side_n_test):
+            check_n_test(value)
         check_int(self.oracle_steps, "oracle_steps")
         check_int(self.lora_epochs, "lora_epochs")
         clash = sorted(set(self.off_target_tasks) & set(self.tasks))
@@ -242,11 +241,18 @@ def compare_sources(lm: LanguageModel, budget: AblationBudget, fits: Fits) -> pd
                              budget.n_train, budget.scaling_budget(fits.bodies))
 
 
+def label_trainer(label: str, budget: AblationBudget, fits: Fits, config: TrainConfig | None = None,
+                  name: str | None = None) -> scaling.Trainer:
+    """The remembered trainer (under `name`, default `label`) of the generator `label` of `budget`
+    (:func:`source_label`), trained with `config` (default the budget's)."""
+    source, generator_input = parse_label(label, budget)
+    return fits.trainer(name or label, source_trainer(source, generator_input, config or budget.config, fits))
+
+
 def seed_study(lm: LanguageModel, best: str, budget: AblationBudget, fits: Fits) -> pd.DataFrame:
     """The evaluation rows of zero-shot and the `best` source trained and evaluated once per seed of the budget
     (the first seed's generator is the source comparison's); :func:`source_table` aggregates them."""
-    source, generator_input = parse_label(best, budget)
-    trainers = {best: fits.trainer(best, source_trainer(source, generator_input, budget.config, fits))}
+    trainers = {best: label_trainer(best, budget, fits)}
     return scaling.seed_rows(lm, trainers, budget.tasks, budget.tasks, budget.seeds, budget.n_train,
                              budget.scaling_budget(fits.bodies))
 
@@ -293,11 +299,9 @@ def data_scaling(lm: LanguageModel, best: str, budget: AblationBudget, fits: Fit
     """(curve, rows) of :func:`workbench.analysis.scaling.data_scaling` for the `best` source (its generator keeping
     the last epoch, and one keeping the best-validation epoch) over ``n_trains`` and the comparison's ``n_train``,
     next to LoRA over ``lora_n_trains`` (LoRA trains through the whole model: the dearest point on 2 cores)."""
-    source, generator_input = parse_label(best, budget)
     best_valid = dataclasses.replace(budget.config, keep_epoch="best_valid_loss")
-    atv = {best: fits.trainer(best, source_trainer(source, generator_input, budget.config, fits)),
-           f"{best} (best-valid epoch)": fits.trainer(f"{best} (best-valid epoch)",
-                                                      source_trainer(source, generator_input, best_valid, fits))}
+    atv = {best: label_trainer(best, budget, fits),
+           f"{best} (best-valid epoch)": label_trainer(best, budget, fits, best_valid, f"{best} (best-valid epoch)")}
     curves, rows = [], []
     for trainers, n_trains in ((atv, tuple(sorted({*budget.n_trains, budget.n_train}))),
                                ({LORA: lora_trainer(budget, fits)}, budget.lora_n_trains)):
@@ -315,9 +319,7 @@ def task_scaling(lm: LanguageModel, best: str, budget: AblationBudget, fits: Fit
     """(curve, rows) of :func:`workbench.analysis.scaling.task_scaling`: the score on the off-target tasks (never
     trained on) of the `best` source and LoRA trained on the first task alone and on all the budget's tasks, with
     LoRA's largest items per task (``max(lora_n_trains)``; the all-task fits are data_scaling's)."""
-    source, generator_input = parse_label(best, budget)
-    trainers = {best: fits.trainer(best, source_trainer(source, generator_input, budget.config, fits)),
-                LORA: lora_trainer(budget, fits)}
+    trainers = {best: label_trainer(best, budget, fits), LORA: lora_trainer(budget, fits)}
     return scaling.task_scaling(lm, trainers, list(budget.tasks), list(budget.off_target_tasks),
                                 budget.scaling_budget(fits.bodies), n_train=max(budget.lora_n_trains),
                                 return_rows=True)
