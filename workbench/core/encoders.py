@@ -27,6 +27,7 @@ from transformers import AutoModel, AutoTokenizer, GPT2Config, GPT2Model, PreTra
 
 from workbench.core.batching import length_buckets
 from workbench.core.models import EMBEDDED_MODELS, _embedded_folder, package_dir
+from workbench.core.shared_states import shared_states
 from workbench.core.tokens import add_bos, check_text
 from workbench.core.architectures import hidden_size_of
 
@@ -232,9 +233,16 @@ class SelfEncoder(Encoder):
             return self.pool(states, attention_mask.to(states.device)).float()
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """``[B, d]`` float32 states (no grad), the texts run in length buckets (little padding computed)."""
+        """``[B, d]`` float32 states (no grad), the texts run in length buckets (little padding computed). Inside a
+        cached evaluation (:func:`~workbench.core.shared_states.sharing_bodies`) the states of the prompts it
+        evaluates come from its prompt bodies instead, plus the last tokens through blocks 0..K."""
         enc = self.tokenize(texts)
         lengths = enc["attention_mask"].sum(1).tolist()
+        if self.pooling == "last":
+            ids = [enc["input_ids"][i, :n].tolist() for i, n in enumerate(lengths)]
+            shared = shared_states(self.lm, self.block, ids)
+            if shared is not None:
+                return shared
         buckets = length_buckets(lengths)
         states = torch.cat([self(enc["input_ids"][b, : max(lengths[i] for i in b)],
                                  enc["attention_mask"][b, : max(lengths[i] for i in b)]) for b in buckets])

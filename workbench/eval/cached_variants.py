@@ -18,6 +18,7 @@ from workbench.core.inference import (
     shares_bodies,
 )
 from workbench.core.kv_cache import BodyCache
+from workbench.core.shared_states import sharing_bodies
 from workbench.methods.base import Method, PreparedBatch
 from workbench.tasks.registry import Task
 
@@ -46,15 +47,17 @@ def run_variants_cached(lm: Any, method: Method, task: Task, items: list[Any], t
     variant whose intervention edits earlier positions runs uncached, unless it edits every token alike for every
     prompt (I2CL: :func:`~workbench.core.inference.body_edit`) or alike for the prompts that share its vectors
     (I2CL on an unseen task: :func:`run_row_edits`).
+    A ``self:K`` generator's states come from the same bodies (:mod:`workbench.core.shared_states`).
     Latency per row = the group's wall time / its rows, plus the time of the bodies it read that another method
     had computed (so a method's latency does not depend on which method ran first)."""
     start, borrowed = time.perf_counter(), cache.borrowed_seconds
     n = len(items)
-    prepared = [check_batch(method.prepare(lm, task, items, t, seed), n, method) for t in texts]
-    cacheable = [v for v, p in enumerate(prepared) if shares_bodies(p.intervention)]
-    seqs, cuts = body_lengths(lm, [q for v in cacheable for q in prepared[v].prompts]) if cacheable else ([], [])
     scope = (unit, None if method.shares_model_weights else ("method", id(method)))
     kwargs = dict(cache=cache, scope=scope, owner=id(method), share_tails=share_tails)
+    with sharing_bodies(lm, [t for variant in texts for t in variant], batch_size=n, **kwargs):
+        prepared = [check_batch(method.prepare(lm, task, items, t, seed), n, method) for t in texts]
+    cacheable = [v for v, p in enumerate(prepared) if shares_bodies(p.intervention)]
+    seqs, cuts = body_lengths(lm, [q for v in cacheable for q in prepared[v].prompts]) if cacheable else ([], [])
     logits: dict[int, torch.Tensor] = {}
     joint, joined = (joint_intervention([prepared[v].intervention for v in cacheable], n, lm.num_layers)
                      if len(cacheable) > 1 else (False, None))
