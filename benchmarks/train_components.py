@@ -16,7 +16,9 @@ On the cpu-demo preset's model and tasks, medians over `--repeats` (seconds), on
   backward (MiniLM read frozen as in cpu-demo: the projection only; ``scratch`` trained; ``self:K``: the
   projection only), the LLM's loss forward + backward on the cached prefixes, the Adam step; and the per-query
   cost of the states computed once before training: the encoder's own pass, and for ``self:K`` the extra time of
-  the prefix pass that yields them (``PrefixStore.fill_with_states`` minus ``fill``), which is what train_atv runs.
+  the prefix pass that yields them (``PrefixStore.fill_with_states`` minus ``fill``), which is what train_atv runs;
+  and at evaluation, what a cached evaluation that already holds the prompt bodies adds for them (the last token
+  through blocks 0..K, :mod:`workbench.core.shared_states`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from workbench.atv.presets import get_preset
 from workbench.atv.training import generator_autocast, make_optimizer
 from workbench.core.encoders import load_encoder
 from workbench.core.interventions import Injection
+from workbench.core.kv_cache import BodyCache
+from workbench.core.shared_states import sharing_bodies
 
 
 def median_seconds(fn, repeats: int, between=None) -> float:
@@ -144,6 +148,15 @@ def source_row(lm, name: str, examples, pairs, heads, bodies, config, repeats: i
         if shared:  # what train_atv runs for self:K: the states come with the prefix pass
             row["states, from the prefix pass / query (ms)"] = 1e3 * (statistics.median(shared)
                                                                      - statistics.median(fills)) / n
+            cache = BodyCache(budget_mb=8192)
+
+            def at_evaluation() -> None:  # what cached evaluation runs: its bodies (kept after the first call) + K
+                with sharing_bodies(lm, texts, cache, share_tails=True, batch_size=24):
+                    encoder.encode(texts)
+
+            at_evaluation()
+            row["states at evaluation, from its bodies / query (ms)"] = 1e3 * median_seconds(at_evaluation,
+                                                                                           passes) / n
         states = torch.cat([encoder.encode(texts[i: i + 24]) for i in range(0, n, 24)])
     store = PrefixStore()
     store.fill(lm, keys, prefixes, heads, bodies=bodies)

@@ -22,10 +22,13 @@ from workbench.atv.presets import build_generator
     ({"seeds": [42, "10"]}, "10"),
     ({"seeds": [1.5]}, "1.5"),
     ({"n_test": 0}, "n_test"),
+    ({"side_n_test": -2}, "side_n_test must be a positive int or None (the whole test split), got -2"),
+    ({"sources": ["nonsense:3"]}, "'nonsense:3'"),
     ({"tasks": ["boolq"], "target_task": "boolq", "off_target_tasks": ["boolq"]}, "off_target_tasks ['boolq']"),
     ({"target_task": "glue_cola"}, "target_task 'glue_cola'"),
     ({"n_trains": [8, 8]}, "repeats"),
     ({"colour": "red"}, "unknown budget settings ['colour']"),
+    ({"line_up": "huge"}, "line_up (fitting budget of static TV and ELICIT)"),
 ])
 def test_bad_budgets_are_refused_naming_the_value(changes, message):
     budget = changes.pop("budget", "tiny")

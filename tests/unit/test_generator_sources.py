@@ -118,6 +118,10 @@ def test_bad_sources_give_clear_errors(lm):
     assert check_encoder_name("self:99") == "self:99"  # the range is known once the model loads
     with pytest.raises(FileNotFoundError, match="self:<block>"):
         check_encoder_name("./no/such/folder")
+    for bad in ("nonsense:3", "two words", "a/b/c"):  # neither a source form nor a hub id
+        with pytest.raises(FileNotFoundError, match=f"{bad!r}.*hub id"):
+            check_encoder_name(bad)
+    assert check_encoder_name("sentence-transformers/all-MiniLM-L6-v2")  # a hub id: loaded when online
 
 
 def test_cli_checks_self_k_syntax_before_and_range_right_after_loading(lm, tmp_path, capsys, monkeypatch):

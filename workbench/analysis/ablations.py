@@ -38,6 +38,7 @@ from workbench.atv.training import train_atv
 from workbench.core.checks import check_choice, check_int
 from workbench.core.encoders import check_source_name
 from workbench.core.kv_cache import BodyCache
+from workbench.eval.compare import BUDGETS as LINE_UP_BUDGETS
 from workbench.eval.compare import standard_methods
 from workbench.eval.evaluate import check_n_test, check_seeds
 from workbench.methods.atv import ATV
@@ -77,6 +78,8 @@ class AblationBudget:
     #: ATV training (items per task, seed and generator input are set per run)
     config: TrainConfig = dataclasses.field(default_factory=lambda: CPU_DEMO_CONFIG)
     lora_epochs: int = 2
+    #: fitting budget of static TV and ELICIT in the side effects (workbench.eval.compare.standard_methods)
+    line_up: str = "cpu-demo"
     batch_size: int = 8
     n_boot: int = 2000
 
@@ -92,10 +95,11 @@ class AblationBudget:
         check_seeds(self.seeds)
         scaling.ScalingBudget(n_trains=self.n_trains, seeds=self.seeds[:1]).validate()
         scaling.ScalingBudget(n_trains=self.lora_n_trains, seeds=self.seeds[:1]).validate()
-        for value in (self.n_test, self.ceiling_n_test, self.side_n_test):
-            check_n_test(value)
+        for name in ("n_test", "ceiling_n_test", "side_n_test"):
+            check_n_test(getattr(self, name), name)
         check_int(self.oracle_steps, "oracle_steps")
         check_int(self.lora_epochs, "lora_epochs")
+        check_choice(self.line_up, "line_up (fitting budget of static TV and ELICIT)", LINE_UP_BUDGETS)
         clash = sorted(set(self.off_target_tasks) & set(self.tasks))
         if clash:
             raise ValueError(f"off_target_tasks {clash} are also trained on; off-target tasks must be others")
@@ -137,7 +141,7 @@ BUDGETS: dict[str, AblationBudget] = {
                             seeds=(42, 10, 100), n_trains=(8, 16, 32, 64),
                             lora_n_trains=(8, 16, 32, 64, 90), n_test=None, ceiling_n_test=100,
                             ceiling_templates="all", ceiling_prefixes="all",
-                            side_n_test=100, config=TrainConfig(), lora_epochs=15),
+                            side_n_test=100, config=TrainConfig(), lora_epochs=15, line_up="paper"),
 }
 
 
@@ -341,7 +345,7 @@ def side_effect_methods(lm: LanguageModel, best: str, budget: AblationBudget, fi
     from workbench.tasks.registry import resolve_tasks
 
     tasks, seed = resolve_tasks(list(budget.tasks)), budget.seeds[0]
-    study = standard_methods(budget="paper" if budget.n_train >= 90 else "cpu-demo", seed=seed)
+    study = standard_methods(budget=budget.line_up, seed=seed)
     out = {"ATV": fitted(fits, best, budget)}
     for label in ("static TV", "ELICIT"):
         out[label] = study[label].fit(lm, tasks)

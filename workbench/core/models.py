@@ -241,12 +241,24 @@ def resolve_source(name_or_path: str, dtype: torch.dtype) -> tuple[str | Path, d
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"folder {str(path)!r} has no config.json: not a Hugging Face model folder")
         return path.resolve(), {}, str(path.resolve())
-    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    if path.exists() or name_or_path.startswith((".", "/", "~")) or not is_hub_id(name_or_path):
         raise FileNotFoundError(
             f"model {name_or_path!r} is neither an embedded alias ({', '.join(EMBEDDED_MODELS)}), "
-            f"a Hugging Face model folder, a .gguf file, nor a hub id"
+            f"a Hugging Face model folder, a .gguf file, nor a hub id (owner/name: letters, digits, '-', '_', '.')"
         )
     return name_or_path, {}, name_or_path
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is shaped like a Hugging Face hub repo id (huggingface_hub's own rule: ``name`` or
+    ``owner/name`` of letters, digits, ``-``, ``_``, ``.``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 #: dtypes a model may be loaded in, by name (float32 is the default: bf16 rounds away tiny injections such as λ=1e-3).

@@ -64,9 +64,10 @@ from workbench.tasks.prompts import build_text, variants
 from workbench.tasks.registry import Task, TaskSpec, resolve_tasks
 
 
-def check_n_test(n_test: int | None) -> int | None:
+def check_n_test(n_test: int | None, name: str = "n_test") -> int | None:
+    """`n_test` if it is a positive int or None (the whole test split), else a ValueError naming `name`."""
     if n_test is not None and (isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1):
-        raise ValueError(f"n_test must be a positive int or None (the whole test split), got {n_test!r}")
+        raise ValueError(f"{name} must be a positive int or None (the whole test split), got {n_test!r}")
     return n_test
 
 
@@ -296,7 +297,7 @@ def evaluate_many(
     for label, m in limits.items():
         if label not in methods:
             raise ValueError(f"max_items names {label!r}, which is not one of the methods {list(methods)}")
-        check_n_test(m)
+        check_n_test(m, f"max_items[{label!r}]")
     if not (cache is True or cache is False or isinstance(cache, BodyCache)):
         raise ValueError(f"cache must be True, False or a BodyCache, got {cache!r}")
     body_cache = BodyCache(TASK_CACHE_MB) if cache is True else (cache or None)
