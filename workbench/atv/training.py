@@ -54,6 +54,7 @@ from workbench.atv.generator import ATVGenerator, check_compatible
 from workbench.atv.loss import pair_losses
 from workbench.atv.train_config import ENCODER_MODES, GENERATOR_PRECISIONS, TrainConfig  # noqa: F401 (re-exported)
 from workbench.core.encoders import SelfEncoder
+from workbench.core.hardware import warn_if_emulated
 from workbench.core.interventions import Injection, resolve_layers
 from workbench.core.remote import require_local
 from workbench.tasks.registry import Task, TaskSpec, resolve_tasks
@@ -357,6 +358,8 @@ def _train(lm: LanguageModel, generator: ATVGenerator, tasks: list[Task], config
            accelerator: Any, prefix_store: PrefixStore | None = None) -> pd.DataFrame:
     """The training steps of :func:`train_atv`, its arguments checked."""
     train, groups, valid = build_examples(tasks, config)
+    warn_if_emulated(getattr(torch, config.generator_precision), lm.device,
+                     "the generator's mixed precision (TrainConfig.generator_precision)")
     torch.manual_seed(config.seed)
     generator.meta = {"scale": config.scale, "layers": config.to_dict()["layers"], "positions": config.positions,
                       "generator_input": config.generator_input, "tasks": list(config.tasks),

@@ -10,9 +10,10 @@
    all 8 methods evaluated on the 25 tasks × 9 variants on the same ``--n-test`` items per task (``eval/``, finished
    tasks skipped on a rerun); k-shot and BM25 prompts (k = ``--k``) on a seeded subset of ``--n-icl`` of those
    items, as they share no prompt bodies.
-   The large model runs in ``--dtype`` for fitting and evaluation (default bfloat16, ~2x faster than float32 on this
-   CPU, as the official code runs Llama-3-8B in float16; the cpu presets' injections, λ = 0.05, are far above
-   bf16's rounding); the generator is trained in the preset's float32;
+   The large model runs in ``--dtype`` for fitting and evaluation (default bfloat16, ~2x faster than float32 on a
+   CPU with native bf16 -- on one without, several times slower: :mod:`workbench.core.hardware` warns, use float32
+   there --, as the official code runs Llama-3-8B in float16; the cpu presets' injections, λ = 0.05, are far above
+   bf16's rounding); the generator is trained with the model in float32 (its own bf16 autocast as the preset says);
 3. prints the summary table and the significant paired differences, and appends the wall time of this invocation
    (with the machine's load) to ``study_time.json``.
 
@@ -63,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-n-train", type=int, default=DEFAULTS["lora_n_train"],
                         help="LoRA's training items per task (x 3 templates; the cpu-demo budget's is 8)")
     parser.add_argument("--dtype", default=DEFAULTS["dtype"], choices=("float32", "bfloat16"),
-                        help="the large model's dtype for fitting and evaluation (training: the preset's float32)")
+                        help="the large model's dtype for fitting and evaluation (training: the preset's float32); "
+                             "bfloat16 is fast only on a CPU with native bf16 (avx512_bf16/amx_bf16)")
     parser.add_argument("--small", action="store_true",
                         help="for tests only: 2+1 tasks, 1 epoch, few items (below the protocol's minimums)")
 

@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from workbench.core.architectures import architecture_of, hidden_size_of
 from workbench.core.files import atomic_dir
 from workbench.core.fingerprints import tensors_fingerprint
+from workbench.core.hardware import warn_if_emulated
 from workbench.core.placement import check_placement, execution_device, onloaded, placement_kwargs
 from workbench.core.remote import RemoteTarget, ndif_host, preflight
 
@@ -319,6 +320,8 @@ def load_model(
         hf.hf_quantizer = None
     if device is not None:
         hf = hf.to(device)
+    if quantization is None:
+        warn_if_emulated(dtype, next(hf.parameters()).device, f"the model {name}")
     given = name_or_path if name_or_path in EMBEDDED_MODELS else model_name(name_or_path)
     return wrap_model(hf, tokenizer, name=name, source=given, chat=chat)
 
