@@ -16,7 +16,7 @@ import pytest
 
 from workbench.eval.runs import load_run
 
-ARGV = ["study", "--small", "--n-test", "2", "--n-icl", "1"]
+ARGV = ["study", "--small", "--n-test", "2", "--n-icl", "1", "--dtype", "float32"]  # float32: see test_study.py
 
 
 def study(run: Path, processes: int) -> subprocess.CompletedProcess:
