@@ -27,7 +27,7 @@ from transformers import AutoModel, AutoTokenizer, GPT2Config, GPT2Model, PreTra
 
 from workbench.core.batching import length_buckets
 from workbench.core.models import EMBEDDED_MODELS, _embedded_folder, package_dir
-from workbench.core.shared_states import shared_states
+from workbench.core.shared_states import run_to_block, shared_states
 from workbench.core.tokens import add_bos, check_text
 from workbench.core.architectures import hidden_size_of
 
@@ -151,14 +151,6 @@ def check_self_block(block: int, num_layers: int, name: str | None = None) -> in
     return block
 
 
-class _Stop(Exception):
-    """Raised by the hook on block K to end the forward pass there, carrying the block's output."""
-
-    def __init__(self, output: torch.Tensor):
-        super().__init__()
-        self.output = output
-
-
 class SelfEncoder(Encoder):
     """The frozen large model's own last-token state after block `block`; an Encoder without weights."""
 
@@ -212,17 +204,7 @@ class SelfEncoder(Encoder):
 
     def block_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Output of block K ``[B, T, d]`` for right-padded ids; the blocks after K do not run."""
-        def stop(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
-            raise _Stop(output[0] if isinstance(output, tuple) else output)
-
-        handle = self.lm.layers[self.block].register_forward_hook(stop)
-        try:
-            self.lm.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        except _Stop as done:
-            return done.output
-        finally:
-            handle.remove()
-        raise RuntimeError(f"{self.name}: block {self.block} of {self.lm.name} did not run")  # pragma: no cover
+        return run_to_block(self.lm, self.block, input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:

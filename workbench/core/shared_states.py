@@ -36,6 +36,23 @@ class _Stop(Exception):
         self.output = output
 
 
+def run_to_block(lm: LanguageModel, block: int, **inputs: Any) -> torch.Tensor:
+    """Output ``[B, T, d]`` of decoder block `block` for ``lm.hf(**inputs)``, without autograd or autocast; the
+    blocks after it do not run (a forward hook on it ends the pass)."""
+    def stop(module: torch.nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        raise _Stop(output[0] if isinstance(output, tuple) else output)
+
+    handle = lm.layers[block].register_forward_hook(stop)
+    try:
+        with torch.no_grad(), torch.autocast(device_type=lm.device.type, enabled=False):
+            lm.hf(**inputs)
+    except _Stop as done:
+        return done.output
+    finally:
+        handle.remove()
+    raise RuntimeError(f"block {block} of {lm.name} did not run")  # pragma: no cover
+
+
 class SharedBodies:
     """The prompts of one cached evaluation batch (all its variants; templated `texts`, rendered by ``lm.render``
     when a ``self:K`` encoder first asks), their bodies in `cache`."""
@@ -89,20 +106,9 @@ class SharedBodies:
             tails = [seqs[r][-1:] for r in rows]
         body_cache, inputs, _ = tail_inputs(lm, kvs, tails)
         extra = {cache_kwarg(lm.hf): body_cache} if body_cache is not None else {}
-
-        def stop(module: torch.nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
-            raise _Stop(output[0] if isinstance(output, tuple) else output)
-
-        handle = lm.layers[block].register_forward_hook(stop)
-        try:
-            with torch.no_grad(), torch.autocast(device_type=lm.device.type, enabled=False):
-                lm.hf(**inputs, use_cache=True, **extra)
-        except _Stop as done:
-            self.computed += len(rows)
-            return done.output[:, -1].float()  # left-padded tails: the last column is every row's last token
-        finally:
-            handle.remove()
-        raise RuntimeError(f"block {block} of {lm.name} did not run")  # pragma: no cover
+        out = run_to_block(lm, block, **inputs, use_cache=True, **extra)
+        self.computed += len(rows)
+        return out[:, -1].float()  # left-padded tails: the last column is every row's last token
 
 
 _ACTIVE: ContextVar[SharedBodies | None] = ContextVar("workbench_shared_bodies", default=None)
